@@ -1,0 +1,1 @@
+"""Linux specifics: the job launch helper, cgroups and namespaces."""
