@@ -1,0 +1,28 @@
+"""
+Shared test configuration.
+
+Tests that need root (cgroups, namespaces, changing users) are marked
+``@pytest.mark.root``. Where they cannot run they are skipped, except when
+``JOBWORKER_REQUIRE_ROOT_TESTS=1`` (CI sets it): then a skip is a failure, so
+a CI run can never pass without having run them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_ROOT_TESTS = os.environ.get("JOBWORKER_REQUIRE_ROOT_TESTS") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip this test, or fail it where CI requires it to run."""
+    if REQUIRE_ROOT_TESTS:
+        pytest.fail(f"required test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        skip_or_fail("needs root")
