@@ -1,0 +1,349 @@
+"""
+The job library's API: start, stop, get, list, read output, purge, shut down.
+
+``JobManager`` is an ``IService``: starting it opens the store and reconciles
+what a previous server left behind (jobs that were running are marked
+``lost`` and their processes killed, never re-run); stopping it stops every
+running job with its grace period and wakes every reader.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    succeed,
+)
+from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.logger import Logger
+
+from jobworker.job import Job, JobStatus, new_job_id, utc_now
+from jobworker.launcher import (
+    DEFAULT_JOB_PATH,
+    HelperLauncher,
+    Launcher,
+    LaunchRequest,
+    describe_os_error,
+    resolve_command,
+)
+from jobworker.output import OutputChunk, OutputLog, Stream
+from jobworker.runner import JobProcessProtocol, RunningJob, process_start_time
+from jobworker.spec import JobSpec
+from jobworker.store import JobStore
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class JobError(Exception):
+    """Base of the errors the library reports to its callers."""
+
+
+class JobNotFound(JobError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id}")
+        self.job_id = job_id
+
+
+class JobConflict(JobError):
+    """The job's state does not allow the action (e.g. stopping an ended job)."""
+
+
+class TooManyJobs(JobError):
+    """The server runs as many jobs as it may."""
+
+
+class ShuttingDown(JobError):
+    """The server is shutting down and starts nothing new."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server-wide knobs of the job library, with sane defaults."""
+
+    max_running_jobs: int = 256
+    # Per job, stdout and stderr together; beyond it the job is stopped.
+    output_limit: int = 10 * GiB
+    default_grace: float = 10.0
+    max_read: int = 16 * MiB
+    # PATH given to jobs that set none; the server's own environment is
+    # never passed on.
+    job_path: str = DEFAULT_JOB_PATH
+
+
+class JobManager(Service):
+    """Runs jobs for owners; the whole library behind one object."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        data_dir: Path,
+        settings: Settings | None = None,
+        launcher: Launcher | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor  # type: ignore[assignment]
+        self.data_dir = data_dir
+        self.settings = settings or Settings()
+        self._launcher = launcher
+        self._store: JobStore | None = None
+        self._live: dict[str, RunningJob] = {}
+        self._closing = False
+
+    # Service
+
+    def startService(self) -> None:
+        self.open()
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return Deferred.fromCoroutine(self.shutdown())
+
+    def open(self) -> None:
+        """Open the store and reconcile jobs a previous server left running."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "jobs").mkdir(exist_ok=True)
+        if self._launcher is None:
+            self._launcher = HelperLauncher(self._reactor)
+        self._store = JobStore(self.data_dir / "jobworker.sqlite3")
+        for job in list(self._store.unfinished()):
+            self._recover(job)
+
+    def _recover(self, job: Job) -> None:
+        killed = kill_session(job.pid, job.pid_start_time)
+        lost = job.evolve(
+            status=JobStatus.LOST,
+            ended_at=utc_now(),
+            error="the server stopped while the job was running",
+        )
+        self.store.save(lost)
+        self.log.warn(
+            "job {job_id} was running when the server stopped: marked lost,"
+            " {killed} leftover processes killed",
+            job_id=job.id,
+            killed=killed,
+        )
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            raise RuntimeError("JobManager is not open")
+        return self._store
+
+    # Jobs
+
+    async def start(self, spec: JobSpec, owner: str, run_as: str | None = None) -> Job:
+        """
+        Start ``spec`` for ``owner``. Returns the record once the command runs
+        (``running``) or could not be run (``failed_to_start``).
+        """
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        if len(self._live) >= self.settings.max_running_jobs:
+            raise TooManyJobs(
+                f"{self.settings.max_running_jobs} jobs are running already"
+            )
+        record = Job(
+            id=new_job_id(),
+            owner=owner,
+            spec=spec,
+            status=JobStatus.RUNNING,
+            created_at=utc_now(),
+            run_as=run_as,
+        )
+        output = OutputLog.create(self._job_dir(record.id), self._clock)
+        job = RunningJob(
+            record,
+            output,
+            self._clock,
+            self.store.save,
+            self.settings.output_limit,
+            self.settings.default_grace,
+        )
+        # The record is written before the process exists: a crash from here
+        # on leaves a record to reconcile, never an unknown process.
+        self.store.save(record)
+        self._live[record.id] = job
+        job.when_ended().addBoth(self._forget, record.id)
+        self._spawn(job)
+        return await job.started
+
+    def _spawn(self, job: RunningJob) -> None:
+        spec = job.record.spec
+        env = {"PATH": self.settings.job_path, **spec.env}
+        try:
+            executable = resolve_command(spec.command, os.environ.get("PATH"))
+            request = LaunchRequest(
+                executable=executable,
+                argv=(spec.command, *spec.args),
+                env=env,
+                cwd=spec.cwd,
+            )
+            assert self._launcher is not None
+            transport = self._launcher.launch(JobProcessProtocol(job), request)
+        except OSError as e:
+            job.fail_to_start(describe_os_error("exec", spec.command, e.errno or 0))
+            return
+        job.attach(transport, request)
+
+    def _forget(self, result: object, job_id: str) -> object:
+        self._live.pop(job_id, None)
+        return result
+
+    def _job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+    def get(self, job_id: str) -> Job:
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.record
+        job = self.store.get(job_id) if _plausible_id(job_id) else None
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def list(
+        self, owner: str | None = None, statuses: set[JobStatus] | None = None
+    ) -> list[Job]:
+        """Jobs oldest first, filtered by owner and status."""
+        jobs = self.store.list(owner, statuses)
+        return [self._live[j.id].record if j.id in self._live else j for j in jobs]
+
+    def output_sizes(self, job_id: str) -> dict[str, int]:
+        return self.output_log(job_id).sizes()
+
+    def describe(self, job: Job) -> dict[str, object]:
+        """The JSON record of ``job`` with its output sizes."""
+        return job.to_json(self.output_log(job.id).sizes())
+
+    def stop(self, job_id: str, grace: float | None = None) -> Job:
+        """Ask a running job to stop; returns its record (``stopping``)."""
+        job = self.get(job_id)
+        live = self._live.get(job_id)
+        if live is None or job.status.ended:
+            raise JobConflict(f"job {job_id} has already ended ({job.status.value})")
+        live.stop(grace)
+        return live.record
+
+    def wait(self, job_id: str) -> Deferred[Job]:
+        """Fire with the final record once the job has ended."""
+        job = self.get(job_id)
+        live = self._live.get(job_id)
+        return succeed(job) if live is None else live.when_ended()
+
+    def output_log(self, job_id: str) -> OutputLog:
+        """The job's output: growing while it runs, fixed once it ended."""
+        live = self._live.get(job_id)
+        if live is not None:
+            return live.output
+        self.get(job_id)
+        return OutputLog.open_ended(self._job_dir(job_id), self._clock)
+
+    async def read_output(
+        self,
+        job_id: str,
+        stream: Stream = Stream.COMBINED,
+        offset: int = 0,
+        limit: int = MiB,
+        wait: float = 0,
+    ) -> OutputChunk:
+        """
+        The bytes of ``stream`` from ``offset``, at most ``limit``. If there
+        are none yet and the job runs, wait up to ``wait`` seconds for some.
+        """
+        limit = min(limit, self.settings.max_read)
+        log = self.output_log(job_id)
+        chunk = log.read(stream, offset, limit)
+        if chunk.data or chunk.complete or wait <= 0 or log.closed:
+            return chunk
+        await with_deadline(log.wait(stream, offset), wait, self._clock)
+        return log.read(stream, offset, limit)
+
+    def purge(self, job_id: str) -> None:
+        """Remove an ended job's record and output."""
+        job = self.get(job_id)
+        if not job.status.ended or job_id in self._live:
+            raise JobConflict(f"job {job_id} is {job.status.value}: stop it first")
+        shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
+        self.store.delete(job_id)
+
+    def running_count(self) -> int:
+        return len(self._live)
+
+    # Shutdown
+
+    async def shutdown(self) -> None:
+        """Stop every job with its grace period, then close the store."""
+        self._closing = True
+        live = list(self._live.values())
+        for job in live:
+            job.stop(None)
+        if live:
+            await DeferredList([job.when_ended() for job in live])
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+async def with_deadline(
+    waiting: Deferred[None], seconds: float, clock: IReactorTime
+) -> None:
+    """Wait for ``waiting`` at most ``seconds``; a timeout is not an error."""
+    deadline = clock.callLater(seconds, waiting.cancel)
+    try:
+        await waiting
+    except CancelledError:
+        pass
+    finally:
+        if deadline.active():
+            deadline.cancel()
+
+
+def kill_session(pid: int | None, start_time: int | None) -> int:
+    """
+    SIGKILL every process of the session ``pid`` led, if that is still the
+    session of the job (the start time tells it from a reused number).
+    Returns how many were signalled.
+    """
+    if not pid:
+        return 0
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        other = int(entry)
+        if session_of(other) != pid:
+            continue
+        started = process_start_time(other)
+        if start_time is not None and started is not None and started < start_time:
+            continue
+        try:
+            os.kill(other, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed
+
+
+def session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[3])
+
+
+def _plausible_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)

@@ -1,0 +1,289 @@
+"""
+One running job: its process, its output, its timers and its record.
+
+``JobProcessProtocol`` is thin: it forwards bytes and the end of the process.
+``RunningJob`` owns the rest: the state transitions (each persisted before it
+is acted on), the timeout and grace timers, stopping, and the one place where
+the job is finished, guarded against finishing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jobworker.job import Job, JobStatus, utc_now
+from jobworker.launcher import STATUS_FD, LaunchRequest, describe_launch_error
+from jobworker.output import OutputLog, Stream
+
+STREAM_OF_FD = {1: Stream.STDOUT, 2: Stream.STDERR}
+
+
+class Killer(Protocol):
+    """Signals every process of one job."""
+
+    def signal(self, number: int) -> None: ...
+
+    def leader_exited(self) -> None:
+        """The spawned process was reaped; its pid is no longer ours."""
+
+
+class ProcessGroupKiller:
+    """
+    Reach a job's processes through the session and process group that the
+    launch helper makes the job lead (pgid = the spawned pid).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._leader_alive = True
+
+    def signal(self, number: int) -> None:
+        # The group outlives its reaped leader, and the kernel keeps its number
+        # from reuse while it has members, so killpg stays safe after the exit.
+        # Before the exit the leader may not have called setsid yet: signal it
+        # directly too (not after: its number may then belong to another).
+        sends = [os.killpg, os.kill] if self._leader_alive else [os.killpg]
+        for send in sends:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                send(self.pid, number)
+
+    def leader_exited(self) -> None:
+        self._leader_alive = False
+
+
+class JobProcessProtocol(ProcessProtocol):
+    """Forward a job process's events to its :class:`RunningJob`."""
+
+    def __init__(self, job: RunningJob) -> None:
+        self._job = job
+        self._status = b""
+
+    def connectionMade(self) -> None:
+        # Jobs get no input: their stdin reads as end of file.
+        assert self.transport is not None
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        stream = STREAM_OF_FD.get(childFD)
+        if stream is not None:
+            self._job.output_received(stream, data)
+        elif childFD == STATUS_FD:
+            self._status += data
+            *lines, self._status = self._status.split(b"\n")
+            for line in lines:
+                self._job.launch_report(line.decode("utf-8", "replace"))
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == STATUS_FD:
+            self._job.launch_confirmed()
+
+    def processExited(self, reason: Failure) -> None:
+        self._job.process_exited()
+
+    def processEnded(self, reason: Failure) -> None:
+        self._job.process_ended(reason)
+
+
+class RunningJob:
+    """The live side of a job, from spawn to its final record."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        record: Job,
+        output: OutputLog,
+        reactor: IReactorTime,
+        save: Callable[[Job], None],
+        output_limit: int,
+        default_grace: float,
+        make_killer: Callable[[int], Killer] | None = None,
+    ) -> None:
+        self.record = record
+        self.output = output
+        self._reactor = reactor
+        self._save = save
+        self._output_limit = output_limit
+        self._default_grace = default_grace
+        self.transport: IProcessTransport | None = None
+        self._launch_error: str | None = None
+        self._launched = False
+        self._ending_status = JobStatus.EXITED
+        self._ending_error: str | None = None
+        self._timers: list[IDelayedCall] = []
+        self._make_killer = make_killer or ProcessGroupKiller
+        self._killer: Killer | None = None
+        self._finished = False
+        # Fires with the record once the command runs or could not be run.
+        self.started: Deferred[Job] = Deferred()
+        self._ended_waiters: list[Deferred[Job]] = []
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def _set(self, **changes: Any) -> None:
+        """Change the record and persist it before anything acts on it."""
+        self.record = self.record.evolve(**changes)
+        self._save(self.record)
+
+    # Launch
+
+    def attach(self, transport: IProcessTransport, request: LaunchRequest) -> None:
+        self.transport = transport
+        self.request = request
+        assert transport.pid is not None
+        self._killer = self._make_killer(transport.pid)
+        self._set(pid=transport.pid, pid_start_time=process_start_time(transport.pid))
+        if self.record.spec.timeout is not None:
+            self._timers.append(
+                self._reactor.callLater(self.record.spec.timeout, self._time_out)
+            )
+
+    def launch_report(self, line: str) -> None:
+        if line.startswith("error ") and not self._launched:
+            self._launch_error = describe_launch_error(line, self.request)
+
+    def launch_confirmed(self) -> None:
+        """The status pipe closed: the command was exec'd, unless it said not."""
+        if self._launch_error is None and not self._launched:
+            self._launched = True
+            self._set(started_at=utc_now())
+            self.started.callback(self.record)
+
+    def fail_to_start(self, error: str) -> None:
+        """The process could not even be spawned."""
+        self._launch_error = error
+        self._finish(exit_code=None, signal_number=None)
+
+    # Output
+
+    def output_received(self, stream: Stream, data: bytes) -> None:
+        if self._finished:
+            return
+        room = self._output_limit - self.output.total
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            self._stop_for(
+                f"output limit of {self._output_limit} bytes reached", grace=0
+            )
+        if not data:
+            return
+        try:
+            self.output.write(stream, data)
+        except OSError as e:
+            self.log.error(
+                "job {job_id}: cannot write output: {error}", job_id=self.id, error=e
+            )
+            self._stop_for(f"writing output failed: {e.strerror}", grace=0)
+
+    # Stopping
+
+    def stop(self, grace: float | None, status: JobStatus = JobStatus.STOPPED) -> None:
+        """SIGTERM every process of the job; SIGKILL what is left after grace."""
+        if self.record.status is not JobStatus.RUNNING:
+            return
+        self._ending_status = status
+        self._set(status=JobStatus.STOPPING)
+        self.signal(signal.SIGTERM)
+        grace = self._default_grace if grace is None else grace
+        self._timers.append(self._reactor.callLater(grace, self.kill))
+
+    def _stop_for(self, error: str, grace: float) -> None:
+        if self._ending_error is None:
+            self._ending_error = error
+        self.stop(grace)
+
+    def _time_out(self) -> None:
+        self.stop(None, JobStatus.TIMED_OUT)
+
+    def signal(self, number: int) -> None:
+        if self._killer is not None:
+            self._killer.signal(number)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def process_exited(self) -> None:
+        """
+        The command ended. Descendants it left behind would keep the output
+        pipes open and the job alive forever: end them, as the end of a PID
+        namespace's init would.
+        """
+        if self._killer is not None:
+            self._killer.leader_exited()
+        self.kill()
+
+    # Ending
+
+    def process_ended(self, reason: Failure) -> None:
+        value = reason.value
+        exit_code = signal_number = None
+        if isinstance(value, ProcessDone):
+            exit_code = 0
+        elif isinstance(value, ProcessTerminated):
+            exit_code, signal_number = value.exitCode, value.signal
+        self._finish(exit_code, signal_number)
+
+    def _finish(self, exit_code: int | None, signal_number: int | None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self.output.close()
+        if self._launch_error is not None:
+            self._set(
+                status=JobStatus.FAILED_TO_START,
+                error=self._launch_error,
+                ended_at=utc_now(),
+            )
+        else:
+            self._set(
+                status=self._ending_status,
+                exit_code=None if signal_number is not None else exit_code,
+                signal=signal_number,
+                error=self._ending_error,
+                ended_at=utc_now(),
+            )
+        self.log.info(
+            "job {job_id} {status} exit_code={exit_code} signal={signal}",
+            job_id=self.id,
+            status=self.record.status.value,
+            exit_code=self.record.exit_code,
+            signal=self.record.signal,
+        )
+        if not self.started.called:
+            self.started.callback(self.record)
+        waiters, self._ended_waiters = self._ended_waiters, []
+        for waiter in waiters:
+            waiter.callback(self.record)
+
+    def when_ended(self) -> Deferred[Job]:
+        waiter: Deferred[Job] = Deferred()
+        self._ended_waiters.append(waiter)
+        return waiter
+
+
+def process_start_time(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
