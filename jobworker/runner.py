@@ -265,11 +265,11 @@ class RunningJob:
             exit_code=self.record.exit_code,
             signal=self.record.signal,
         )
-        if not self.started.called:
-            self.started.callback(self.record)
         waiters, self._ended_waiters = self._ended_waiters, []
         for waiter in waiters:
             waiter.callback(self.record)
+        if not self.started.called:
+            self.started.callback(self.record)
 
     def when_ended(self) -> Deferred[Job]:
         waiter: Deferred[Job] = Deferred()

@@ -25,8 +25,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
 
@@ -43,9 +43,12 @@ class JobStore:
 
     def save(self, job: Job) -> None:
         """Insert or replace ``job``'s record."""
+        # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which
+        # orders jobs by creation even within one millisecond.
         self._db.execute(
-            "INSERT OR REPLACE INTO jobs (id, owner, status, created_at, record)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, owner, status, created_at, record)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " status = excluded.status, record = excluded.record",
             (
                 job.id,
                 job.owner,
@@ -75,7 +78,7 @@ class JobStore:
             params.extend(s.value for s in statuses)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
-            f"SELECT record FROM jobs{where} ORDER BY created_at, id", params
+            f"SELECT record FROM jobs{where} ORDER BY rowid", params
         )
         return [job_from_row(json.loads(r[0])) for r in rows]
 

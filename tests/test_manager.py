@@ -1,0 +1,462 @@
+"""The job library end to end: real processes, real files, a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred, DeferredList
+
+from jobworker.job import JobStatus
+from jobworker.manager import (
+    JobConflict,
+    JobManager,
+    JobNotFound,
+    Settings,
+    TooManyJobs,
+)
+from jobworker.output import OffsetOutOfRange, Stream
+from jobworker.spec import JobSpec, parse_job_spec
+
+reactor: Any = global_reactor
+ALL_BYTES = bytes(range(256))
+WRITE_LINES = """
+import sys
+for i in range(2000):
+    sys.stdout.write(f"line {i}\\n")
+    sys.stdout.flush()
+"""
+
+
+def spec(command: str, *args: str, **fields: Any) -> JobSpec:
+    return parse_job_spec({"command": command, "args": list(args), **fields})
+
+
+def sh(script: str, **fields: Any) -> JobSpec:
+    return spec("/bin/sh", "-c", script, **fields)
+
+
+def make_manager(data_dir: Path, **settings: Any) -> JobManager:
+    manager = JobManager(reactor, data_dir, Settings(**settings))
+    manager.open()
+    return manager
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[JobManager]:
+    m = make_manager(tmp_path / "data", default_grace=2)
+    yield m
+    pytest_twisted.blockon(Deferred.fromCoroutine(m.shutdown()))
+
+
+def session_members(pid: int) -> list[psutil.Process]:
+    """Processes still in the session the job's leader made."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == pid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_echo_output_and_exit_code(manager: JobManager) -> None:
+    """A job runs, its output is read from the first byte, its exit code recorded."""
+    job = await manager.start(spec("/bin/echo", "hi"), "alice")
+    assert job.status is JobStatus.RUNNING
+    assert job.started_at is not None
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.exit_code, ended.signal) == (JobStatus.EXITED, 0, None)
+    chunk = await manager.read_output(job.id)
+    assert (chunk.data, chunk.next_offset, chunk.complete) == (b"hi\n", 3, True)
+    assert manager.describe(ended)["output_bytes"] == {"stdout": 3, "stderr": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_bare_name_resolved_and_exit_code(manager: JobManager) -> None:
+    """A bare command name is found on PATH; a non-zero exit code is kept."""
+    job = await manager.start(sh("echo out; echo err >&2; exit 7"), "alice")
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 7)
+    out = await manager.read_output(job.id, Stream.STDOUT)
+    err = await manager.read_output(job.id, Stream.STDERR)
+    assert (out.data, err.data) == (b"out\n", b"err\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_killing_itself_reports_signal(manager: JobManager) -> None:
+    """A job ended by a signal records the signal, not an exit code."""
+    job = await manager.start(sh("kill -TERM $$"), "alice")
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.exit_code, ended.signal) == (
+        JobStatus.EXITED,
+        None,
+        signal.SIGTERM,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"command": "no-such-command-anywhere"},
+            "exec no-such-command-anywhere: No such file or directory (ENOENT)",
+        ),
+        (
+            {"command": "/no/such/file"},
+            "exec /no/such/file: No such file or directory (ENOENT)",
+        ),
+        ({"command": "/etc"}, "exec /etc: Permission denied (EACCES)"),
+        (
+            {"command": "/proc/self/status"},
+            "exec /proc/self/status: Permission denied (EACCES)",
+        ),
+        (
+            {"command": "true", "cwd": "/no/such/dir"},
+            "chdir /no/such/dir: No such file or directory (ENOENT)",
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_failed_to_start(
+    manager: JobManager, fields: dict[str, Any], error: str
+) -> None:
+    """A command that cannot run is a failed_to_start job carrying the OS error."""
+    job = await manager.start(parse_job_spec(fields), "alice")
+    assert job.status is JobStatus.FAILED_TO_START
+    assert job.error == error
+    assert job.ended_at is not None
+    assert manager.get(job.id) == job
+    assert manager.running_count() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_environment_is_explicit(manager: JobManager) -> None:
+    """Jobs see only a default PATH and what they asked for, nothing of the server."""
+    os.environ["JOBWORKER_TEST_SECRET"] = "leak"
+    try:
+        job = await manager.start(spec("/usr/bin/env", env={"GREETING": "hi"}), "alice")
+    finally:
+        del os.environ["JOBWORKER_TEST_SECRET"]
+    await manager.wait(job.id)
+    lines = sorted((await manager.read_output(job.id)).data.decode().splitlines())
+    assert lines == ["GREETING=hi", f"PATH={manager.settings.job_path}"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_cwd(manager: JobManager, tmp_path: Path) -> None:
+    """A job runs in the directory it asked for."""
+    job = await manager.start(spec("/bin/pwd", cwd=str(tmp_path)), "alice")
+    await manager.wait(job.id)
+    assert (await manager.read_output(job.id)).data == f"{tmp_path}\n".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stdin_is_empty(manager: JobManager) -> None:
+    """A job reading stdin sees end of file at once, not a hang."""
+    job = await manager.start(spec("/bin/cat"), "alice")
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_output_round_trips(manager: JobManager) -> None:
+    """All 256 byte values and invalid UTF-8 arrive byte for byte."""
+    payload = ALL_BYTES + b"\xff\xfe\xc3\x28"
+    script = (
+        "import sys; "
+        "sys.stdout.buffer.write(bytes(range(256)) + b'\\xff\\xfe\\xc3\\x28')"
+    )
+    job = await manager.start(spec(sys.executable, "-c", script), "alice")
+    await manager.wait(job.id)
+    assert (await manager.read_output(job.id, Stream.STDOUT)).data == payload
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_leaves_no_process(manager: JobManager) -> None:
+    """Stop ends every process of the job, background children included."""
+    job = await manager.start(sh("sleep 1000 & sleep 1000 & echo ready; wait"), "alice")
+    assert job.pid is not None
+    await manager.read_output(job.id, wait=10)  # both children exist
+    members = session_members(job.pid)
+    assert len(members) == 3
+    stopping = manager.stop(job.id, grace=5)
+    assert stopping.status is JobStatus.STOPPING
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.signal) == (JobStatus.STOPPED, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=5)
+    assert alive == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_kills_what_ignores_sigterm(manager: JobManager) -> None:
+    """A job that ignores SIGTERM is SIGKILLed when the grace period ends."""
+    job = await manager.start(
+        sh("trap '' TERM; echo ready; sleep 1000 & wait"), "alice"
+    )
+    await manager.read_output(job.id, wait=10)  # the trap is set
+    manager.stop(job.id, grace=0.2)
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.signal) == (JobStatus.STOPPED, signal.SIGKILL)
+    assert session_members(job.pid or 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_leftover_children_end_with_the_command(manager: JobManager) -> None:
+    """A command that exits leaving a child holding its pipes still ends the job."""
+    job = await manager.start(sh("sleep 1000 & echo started"), "alice")
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 0)
+    assert session_members(job.pid or 0) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_ended_job_is_conflict(manager: JobManager) -> None:
+    """Stopping a job that has ended is refused as a conflict."""
+    job = await manager.start(spec("true"), "alice")
+    await manager.wait(job.id)
+    with pytest.raises(JobConflict):
+        manager.stop(job.id)
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeout(manager: JobManager) -> None:
+    """A job running past its timeout ends timed_out."""
+    job = await manager.start(spec("sleep", "1000", timeout=0.3), "alice")
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.signal) == (JobStatus.TIMED_OUT, signal.SIGTERM)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_job(manager: JobManager) -> None:
+    """Every call on an unknown id says not found."""
+    for call in (
+        lambda: manager.get("f" * 32),
+        lambda: manager.get("../etc"),
+        lambda: manager.stop("f" * 32),
+        lambda: manager.purge("f" * 32),
+        lambda: manager.output_log("f" * 32),
+    ):
+        with pytest.raises(JobNotFound):
+            call()
+    with pytest.raises(JobNotFound):
+        await manager.read_output("f" * 32)
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_gets_later_bytes(manager: JobManager, tmp_path: Path) -> None:
+    """A reader waiting at the end receives bytes written after it began waiting."""
+    flag = tmp_path / "go"
+    job = await manager.start(
+        sh(f"echo one; while [ ! -e {flag} ]; do sleep 0.01; done; echo two"), "alice"
+    )
+    first = await manager.read_output(job.id, Stream.STDOUT, wait=10)
+    assert first.data == b"one\n"
+    reading = Deferred.fromCoroutine(
+        manager.read_output(job.id, Stream.STDOUT, first.next_offset, wait=10)
+    )
+    assert manager.output_log(job.id).waiter_count() == 1
+    flag.touch()
+    second = await reading
+    assert (second.offset, second.data) == (4, b"two\n")
+    await manager.wait(job.id)
+    last = await manager.read_output(job.id, Stream.STDOUT, second.next_offset)
+    assert (last.data, last.complete) == (b"", True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_times_out_empty(manager: JobManager) -> None:
+    """A wait with nothing to read returns empty when its time is up."""
+    job = await manager.start(spec("sleep", "1000"), "alice")
+    chunk = await manager.read_output(job.id, offset=0, wait=0.1)
+    assert (chunk.data, chunk.next_offset, chunk.complete) == (b"", 0, False)
+    assert manager.output_log(job.id).waiter_count() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_followers_see_identical_bytes(manager: JobManager) -> None:
+    """Several readers following from offset 0 each get every byte, in order."""
+    job = await manager.start(
+        spec(sys.executable, "-c", WRITE_LINES),
+        "alice",
+    )
+
+    async def follow() -> bytes:
+        got, offset = b"", 0
+        while True:
+            chunk = await manager.read_output(
+                job.id, offset=offset, limit=4096, wait=10
+            )
+            got += chunk.data
+            offset = chunk.next_offset
+            if chunk.complete:
+                return got
+
+    results = await DeferredList([Deferred.fromCoroutine(follow()) for _ in range(5)])
+    expected = "".join(f"line {i}\n" for i in range(2000)).encode()
+    assert [ok for ok, _ in results] == [True] * 5
+    assert all(data == expected for _, data in results)
+
+
+@pytest_twisted.ensureDeferred
+async def test_offset_past_end_of_ended_job(manager: JobManager) -> None:
+    """Reading past the end of an ended job's output is out of range."""
+    job = await manager.start(spec("/bin/echo", "hi"), "alice")
+    await manager.wait(job.id)
+    with pytest.raises(OffsetOutOfRange):
+        await manager.read_output(job.id, offset=4)
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_limit(tmp_path: Path) -> None:
+    """A job writing past the output limit is stopped and its record says why."""
+    m = make_manager(tmp_path, output_limit=100_000)
+    try:
+        job = await m.start(spec("/bin/cat", "/dev/zero"), "alice")
+        ended = await m.wait(job.id)
+        assert ended.status is JobStatus.STOPPED
+        assert ended.error == "output limit of 100000 bytes reached"
+        assert m.output_sizes(job.id) == {"stdout": 100_000, "stderr": 0}
+    finally:
+        await m.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_too_many_jobs(tmp_path: Path) -> None:
+    """Past the running-job maximum, start is refused and nothing is started."""
+    m = make_manager(tmp_path, max_running_jobs=2, default_grace=1)
+    try:
+        for _ in range(2):
+            await m.start(spec("sleep", "1000"), "alice")
+        with pytest.raises(TooManyJobs):
+            await m.start(spec("sleep", "1000"), "alice")
+        assert len(m.list()) == 2
+    finally:
+        await m.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_filters(manager: JobManager) -> None:
+    """Listing filters by owner and status, oldest first."""
+    a = await manager.start(spec("true"), "alice")
+    await manager.wait(a.id)
+    b = await manager.start(spec("sleep", "1000"), "bob")
+    c = await manager.start(spec("true"), "alice")
+    await manager.wait(c.id)
+    assert [j.id for j in manager.list()] == [a.id, b.id, c.id]
+    assert [j.id for j in manager.list(owner="alice")] == [a.id, c.id]
+    assert [j.id for j in manager.list(statuses={JobStatus.RUNNING})] == [b.id]
+    assert manager.list(owner="bob", statuses={JobStatus.EXITED}) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_purge(manager: JobManager) -> None:
+    """Purging removes an ended job and its files; a running one is a conflict."""
+    running = await manager.start(spec("sleep", "1000"), "alice")
+    with pytest.raises(JobConflict):
+        manager.purge(running.id)
+    done = await manager.start(spec("/bin/echo", "hi"), "alice")
+    await manager.wait(done.id)
+    manager.purge(done.id)
+    with pytest.raises(JobNotFound):
+        manager.get(done.id)
+    assert not (manager.data_dir / "jobs" / done.id).exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_stops_jobs_and_wakes_readers(tmp_path: Path) -> None:
+    """Shutdown stops every job, answers waiting readers and refuses new jobs."""
+    m = make_manager(tmp_path, default_grace=5)
+    job = await m.start(spec("sleep", "1000"), "alice")
+    reading = Deferred.fromCoroutine(m.read_output(job.id, wait=60))
+    await m.shutdown()
+    chunk = await reading
+    assert chunk.complete
+    again = make_manager(tmp_path)
+    try:
+        assert again.get(job.id).status is JobStatus.STOPPED
+    finally:
+        await again.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_records_and_output_survive_restart(tmp_path: Path) -> None:
+    """After a clean restart, records and output read back the same."""
+    m = make_manager(tmp_path)
+    job = await m.start(spec("/bin/echo", "kept"), "alice")
+    ended = await m.wait(job.id)
+    await m.shutdown()
+    again = make_manager(tmp_path)
+    try:
+        assert again.get(job.id) == ended
+        assert (await again.read_output(job.id)).data == b"kept\n"
+    finally:
+        await again.shutdown()
+
+
+def test_crash_mid_job_marks_lost_and_kills(tmp_path: Path) -> None:
+    """A server killed mid-job: at next start the job is lost, its processes gone,
+    its output before the crash kept."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.helpers.crashing_server",
+            str(tmp_path),
+            "/bin/sh",
+            "-c",
+            "echo before-crash; sleep 1000 & sleep 1000",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        assert server.stdout is not None
+        job_id = server.stdout.readline().decode().strip()
+        assert len(job_id) == 32, job_id
+    finally:
+        server.kill()
+        server.wait()
+    crashed = make_manager_sync_peek(tmp_path, job_id)
+    assert crashed["status"] == "running"
+    survivors = session_members(crashed["pid"])
+    assert len(survivors) >= 2  # the job outlived its server
+
+    again = JobManager(reactor, tmp_path)
+    again.open()
+    try:
+        record = again.get(job_id)
+        assert record.status is JobStatus.LOST
+        assert record.error == "the server stopped while the job was running"
+        psutil.wait_procs(survivors, timeout=5)
+        assert session_members(crashed["pid"]) == []
+        chunk = again.output_log(job_id).read(Stream.COMBINED, 0, 100)
+        assert (chunk.data, chunk.complete) == (b"before-crash\n", True)
+    finally:
+        again.store.close()
+
+
+def make_manager_sync_peek(data_dir: Path, job_id: str) -> dict[str, Any]:
+    """Read a job's stored record straight from SQLite, as the crash left it."""
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "jobworker.sqlite3")
+    try:
+        query = "SELECT record FROM jobs WHERE id = ?"
+        (record,) = db.execute(query, (job_id,)).fetchone()
+    finally:
+        db.close()
+    result: dict[str, Any] = json.loads(record)
+    return result
