@@ -175,9 +175,9 @@ class JobManager(Service):
         # on leaves a record to reconcile, never an unknown process.
         self.store.save(record)
         self._live[record.id] = job
-        job.when_ended().addBoth(self._forget, record.id)
+        job.ended.when_fired().addBoth(self._forget, record.id)
         self._spawn(job)
-        return await job.started
+        return await job.started.when_fired()
 
     def _spawn(self, job: RunningJob) -> None:
         spec = job.record.spec
@@ -240,7 +240,7 @@ class JobManager(Service):
         """Fire with the final record once the job has ended."""
         job = self.get(job_id)
         live = self._live.get(job_id)
-        return succeed(job) if live is None else live.when_ended()
+        return succeed(job) if live is None else live.ended.when_fired()
 
     def output_log(self, job_id: str) -> OutputLog:
         """The job's output: growing while it runs, fixed once it ended."""
@@ -290,7 +290,7 @@ class JobManager(Service):
         for job in live:
             job.stop(None)
         if live:
-            await DeferredList([job.when_ended() for job in live])
+            await DeferredList([job.ended.when_fired() for job in live])
         if self._store is not None:
             self._store.close()
             self._store = None

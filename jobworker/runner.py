@@ -13,9 +13,9 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
@@ -27,6 +27,7 @@ from jobworker.launcher import STATUS_FD, LaunchRequest, describe_launch_error
 from jobworker.output import OutputLog, Stream
 
 STREAM_OF_FD = {1: Stream.STDOUT, 2: Stream.STDERR}
+T = TypeVar("T")
 
 
 class Killer(Protocol):
@@ -125,9 +126,9 @@ class RunningJob:
         self._make_killer = make_killer or ProcessGroupKiller
         self._killer: Killer | None = None
         self._finished = False
-        # Fires with the record once the command runs or could not be run.
-        self.started: Deferred[Job] = Deferred()
-        self._ended_waiters: list[Deferred[Job]] = []
+        # The record once the command runs or could not be run; at the end.
+        self.started: Observer[Job] = Observer()
+        self.ended: Observer[Job] = Observer()
 
     @property
     def id(self) -> str:
@@ -160,7 +161,7 @@ class RunningJob:
         if self._launch_error is None and not self._launched:
             self._launched = True
             self._set(started_at=utc_now())
-            self.started.callback(self.record)
+            self.started.fire(self.record)
 
     def fail_to_start(self, error: str) -> None:
         """The process could not even be spawned."""
@@ -265,15 +266,39 @@ class RunningJob:
             exit_code=self.record.exit_code,
             signal=self.record.signal,
         )
-        waiters, self._ended_waiters = self._ended_waiters, []
-        for waiter in waiters:
-            waiter.callback(self.record)
-        if not self.started.called:
-            self.started.callback(self.record)
+        self.ended.fire(self.record)
+        self.started.fire(self.record)
 
-    def when_ended(self) -> Deferred[Job]:
-        waiter: Deferred[Job] = Deferred()
-        self._ended_waiters.append(waiter)
+
+class Observer(Generic[T]):
+    """
+    A result that many may wait for. Each waiter gets its own Deferred, so
+    one that is cancelled (its client went away) affects no other.
+    """
+
+    def __init__(self) -> None:
+        self._result: T | None = None
+        self._fired = False
+        self._waiters: list[Deferred[T]] = []
+
+    def fire(self, result: T) -> None:
+        """Fire once; later calls are ignored."""
+        if self._fired:
+            return
+        self._fired, self._result = True, result
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(result)
+
+    def when_fired(self) -> Deferred[T]:
+        if self._fired:
+            return succeed(cast(T, self._result))
+
+        def forget(d: Deferred[T]) -> None:
+            self._waiters.remove(d)
+
+        waiter: Deferred[T] = Deferred(forget)
+        self._waiters.append(waiter)
         return waiter
 
 

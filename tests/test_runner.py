@@ -87,9 +87,9 @@ class RunningJobTests(SynchronousTestCase):
     def test_started_once_status_pipe_closes(self) -> None:
         """The job counts as started when the helper's status pipe closes silently."""
         job = self.make()
-        self.assertNoResult(job.started)
+        self.assertNoResult(job.started.when_fired())
         self.protocol.childConnectionLost(3)
-        record = self.successResultOf(job.started)
+        record = self.successResultOf(job.started.when_fired())
         assert record.status is JobStatus.RUNNING
         assert record.started_at is not None
         assert self.saved[-1] == record
@@ -99,9 +99,9 @@ class RunningJobTests(SynchronousTestCase):
         job = self.make()
         self.protocol.childDataReceived(3, b"error chdir 2\n")
         self.protocol.childConnectionLost(3)
-        self.assertNoResult(job.started)
+        self.assertNoResult(job.started.when_fired())
         self.end(127)
-        record = self.successResultOf(job.started)
+        record = self.successResultOf(job.started.when_fired())
         assert record.status is JobStatus.FAILED_TO_START
         assert record.error == "chdir /x: No such file or directory (ENOENT)"
         assert record.exit_code is None
@@ -110,7 +110,7 @@ class RunningJobTests(SynchronousTestCase):
         """A command that exits by itself is exited with its code."""
         job = self.make()
         self.protocol.childConnectionLost(3)
-        ended = job.when_ended()
+        ended = job.ended.when_fired()
         self.end(3)
         record = self.successResultOf(ended)
         assert (record.status, record.exit_code, record.signal) == (
