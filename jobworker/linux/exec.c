@@ -6,23 +6,93 @@
  * the process where the job belongs, then execs the command, so that the
  * command's first instruction already runs there.
  *
- *   jobworker-exec [--cwd DIR] [--status-fd N] -- PATH ARGV0 [ARG...]
+ *   jobworker-exec [OPTION]... -- PATH ARGV0 [ARG...]
  *
- * Status protocol on fd N (default 3), one line per event:
- *   "error <stage> <errno>\n"  setup or exec failed; the job never ran
- * A successful exec closes fd N (it is close-on-exec) without a line.
+ * Options (each step runs in the order listed, whatever the order given):
+ *   --status-fd N        report on fd N (default 3), see below
+ *   --cgroup-procs PATH  write "0" to PATH, a cgroup.procs file, joining that
+ *                        cgroup; repeatable (one per v1 hierarchy). Done
+ *                        first, so nothing after escapes the job's limits.
+ *   --isolate            the helper must be PID 1 of a PID namespace that the
+ *                        server made for it. It unshares mount, UTS, IPC and
+ *                        network namespaces, makes every mount private,
+ *                        mounts a fresh /proc (/proc/sys read-only) and a
+ *                        read-only /sys, sets the hostname, brings lo up;
+ *                        then forks the command as PID 2 and stays as the
+ *                        namespace's init (see "Init" below).
+ *   --network none|host  with --isolate: "none" (default) is a new network
+ *                        namespace with only lo; "host" keeps the server's
+ *   --hostname NAME      with --isolate: the hostname (default "jobworker")
+ *   --uid N --gid N      run the command as this user and group (both or
+ *                        neither), with no capabilities and no way to gain
+ *                        any (PR_SET_NO_NEW_PRIVS)
+ *   --groups G[,G...]    with --uid: the supplementary groups (default none;
+ *                        root's are always dropped)
+ *   --cwd DIR            the command's working directory, entered after
+ *                        privileges are dropped: the user must be allowed in
+ *
+ * Without --isolate, --uid and --cgroup-procs the helper does what it always
+ * did: setsid, chdir, exec.
+ *
+ * Status protocol on fd N, one line per event:
+ *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
+ *       stage: cgroup setsid pidns unshare mount hostname lo pipe fork
+ *              setgroups setgid setuid prctl chdir exec
+ *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
+ *   With --isolate the helper stays, so it says what it cannot show:
+ *   "running\n"                the command was exec'd
+ *   "exit <code>\n"            the command exited with <code>
+ *   "signal <number>\n"        the command was killed by signal <number>
+ *   after which init exits (with <code>, or 128 + <number>).
+ *
+ * Init. The kernel treats a PID namespace's PID 1 specially: signals it has
+ * no handler for are dropped when sent from inside, and orphans are
+ * reparented to it. So the command does not run as PID 1 (a job could not
+ * kill itself, and zombies would pile up) but as its child: init forwards
+ * every catchable signal to the command, reaps every child, and exits when
+ * the command does; the kernel then kills what is left of the namespace.
+ * Init stays root: a job running as another user can neither signal, trace
+ * nor read it, so it cannot forge its own status lines.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 extern char **environ;
 
+#define MAX_CGROUPS 16
+
+struct options {
+    const char *cgroup_procs[MAX_CGROUPS];
+    int ncgroups;
+    int isolate;
+    int host_network;
+    const char *hostname;
+    uid_t uid;
+    gid_t gid;
+    gid_t *groups;
+    size_t ngroups;
+    const char *cwd;
+    char **command; /* PATH ARGV0 [ARG...] */
+    /* What was given, to refuse combinations that make no sense. */
+    int given_uid, given_gid, given_groups, given_namespace_option;
+};
+
+/* Where lines go: the server's status fd; in init's child before its exec,
+ * the pipe through which init learns the outcome. */
 static int status_fd = 3;
 
 static void report(const char *line)
@@ -50,36 +120,122 @@ static void fail(const char *stage, int err)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: jobworker-exec [--cwd DIR] [--status-fd N] -- PATH ARGV0 [ARG...]\n");
+            "usage: jobworker-exec [--status-fd N] [--cgroup-procs PATH]...\n"
+            "         [--isolate [--network none|host] [--hostname NAME]]\n"
+            "         [--uid N --gid N [--groups G,...]] [--cwd DIR]\n"
+            "         -- PATH ARGV0 [ARG...]\n");
     _exit(127);
 }
 
-int main(int argc, char **argv)
+/* Options */
+
+/* Decimal digits only, up to max; ids stop short of (uid_t)-1, which
+ * means "unchanged" to the kernel. */
+static unsigned long parse_number(const char *text, unsigned long max)
 {
-    const char *cwd = NULL;
-    int i = 1;
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(text, &end, 10);
+    if (text[0] < '0' || text[0] > '9' || *end != '\0' || errno != 0 || n > max)
+        usage();
+    return n;
+}
 
-    for (; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0) {
-            i++;
-            break;
-        } else if (strcmp(argv[i], "--cwd") == 0 && i + 1 < argc) {
-            cwd = argv[++i];
-        } else if (strcmp(argv[i], "--status-fd") == 0 && i + 1 < argc) {
-            status_fd = atoi(argv[++i]);
-        } else {
+/* "" is no group at all. */
+static void parse_groups(struct options *o, const char *text)
+{
+    if (o->given_groups)
+        usage();
+    o->given_groups = 1;
+    size_t count = *text ? 1 : 0;
+    for (const char *c = text; *c; c++)
+        count += *c == ',';
+    char *copy = strdup(text);
+    o->groups = calloc(count ? count : 1, sizeof *o->groups);
+    if (copy == NULL || o->groups == NULL)
+        usage();
+    char *saved, *item = strtok_r(copy, ",", &saved);
+    for (; item != NULL; item = strtok_r(NULL, ",", &saved))
+        o->groups[o->ngroups++] = (gid_t)parse_number(item, (gid_t)-2);
+    if (o->ngroups != count)
+        usage(); /* an empty item, as in "1,,2" */
+    free(copy);
+}
+
+static const char *value(int argc, char **argv, int *i)
+{
+    if (*i + 1 >= argc)
+        usage();
+    return argv[++*i];
+}
+
+static void parse_option(struct options *o, int argc, char **argv, int *i)
+{
+    const char *name = argv[*i];
+    if (strcmp(name, "--status-fd") == 0) {
+        status_fd = (int)parse_number(value(argc, argv, i), 1 << 20);
+    } else if (strcmp(name, "--cgroup-procs") == 0) {
+        if (o->ncgroups == MAX_CGROUPS)
             usage();
-        }
+        o->cgroup_procs[o->ncgroups++] = value(argc, argv, i);
+    } else if (strcmp(name, "--isolate") == 0) {
+        o->isolate = 1;
+    } else if (strcmp(name, "--network") == 0) {
+        const char *mode = value(argc, argv, i);
+        if (strcmp(mode, "host") != 0 && strcmp(mode, "none") != 0)
+            usage();
+        o->host_network = strcmp(mode, "host") == 0;
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--hostname") == 0) {
+        o->hostname = value(argc, argv, i);
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--uid") == 0) {
+        o->uid = (uid_t)parse_number(value(argc, argv, i), (uid_t)-2);
+        o->given_uid = 1;
+    } else if (strcmp(name, "--gid") == 0) {
+        o->gid = (gid_t)parse_number(value(argc, argv, i), (gid_t)-2);
+        o->given_gid = 1;
+    } else if (strcmp(name, "--groups") == 0) {
+        parse_groups(o, value(argc, argv, i));
+    } else if (strcmp(name, "--cwd") == 0) {
+        o->cwd = value(argc, argv, i);
+    } else {
+        usage();
     }
-    if (argc - i < 2)
-        usage();
-    if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0)
-        usage();
+}
 
-    /* Own session and process group: stop signals the whole group. */
-    if (setsid() < 0)
-        fail("setsid", errno);
+static void parse_options(struct options *o, int argc, char **argv)
+{
+    int i = 1;
+    o->hostname = "jobworker";
+    for (; i < argc && strcmp(argv[i], "--") != 0; i++)
+        parse_option(o, argc, argv, &i);
+    /* Half a user, or namespace options without namespaces, is a mistake
+     * of the caller's: refuse it rather than guess. */
+    if (o->given_uid != o->given_gid || (o->given_groups && !o->given_uid) ||
+        (o->given_namespace_option && !o->isolate))
+        usage();
+    if (argc - i < 3) /* "--", PATH, ARGV0 */
+        usage();
+    o->command = &argv[i + 1];
+}
 
+/* Setup, in the helper */
+
+static void join_cgroups(const struct options *o)
+{
+    for (int k = 0; k < o->ncgroups; k++) {
+        int fd = open(o->cgroup_procs[k], O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            fail("cgroup", errno);
+        if (write(fd, "0", 1) != 1)
+            fail("cgroup", errno);
+        close(fd);
+    }
+}
+
+static void reset_oom_score(void)
+{
     /* A job should not be the OOM killer's favourite because the server
      * was started with a low score, nor protected if it was high. */
     int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
@@ -89,16 +245,240 @@ int main(int argc, char **argv)
         }
         close(fd);
     }
+}
 
-    if (cwd != NULL && chdir(cwd) < 0)
+static void must_mount(const char *source, const char *target, const char *type,
+                       unsigned long flags)
+{
+    if (mount(source, target, type, flags, NULL) < 0)
+        fail("mount", errno);
+}
+
+static void replace_mount(const char *type, const char *target)
+{
+    /* Detached, not merely covered: the host's view and what is mounted
+     * under it (cgroupfs, debugfs...) leave the job's mount namespace, and
+     * the kernel refuses to mount a superblock (the host's sysfs, when the
+     * job keeps the host's network) on top of itself. EINVAL: nothing was
+     * mounted there. The new one shows the namespaces of its mounter. */
+    if (umount2(target, MNT_DETACH) < 0 && errno != EINVAL)
+        fail("mount", errno);
+    must_mount(type, target, type, MS_NOSUID | MS_NODEV | MS_NOEXEC);
+}
+
+static void read_only(const char *target)
+{
+    /* Per mount, not per superblock, which may be the host's own. */
+    must_mount(NULL, target, NULL,
+               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV |
+                   MS_NOEXEC);
+}
+
+static void mount_own_views(void)
+{
+    /* Private first: with shared propagation, the mounts below would
+     * appear on the host too. */
+    must_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE);
+    replace_mount("proc", "/proc");
+    replace_mount("sysfs", "/sys");
+    /* Most kernel settings are the host's whatever the namespaces: a job
+     * running as root must not change them. */
+    must_mount("/proc/sys", "/proc/sys", NULL, MS_BIND | MS_REC);
+    read_only("/proc/sys");
+    read_only("/sys");
+}
+
+static void bring_lo_up(void)
+{
+    /* A fresh network namespace has lo, down. An ioctl, not `ip`: the
+     * helper needs no binary besides itself. */
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+        fail("lo", errno);
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+        fail("lo", errno);
+    close(fd);
+}
+
+static void isolate(const struct options *o)
+{
+    if (getpid() != 1)
+        fail("pidns", EINVAL);
+    int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+    if (!o->host_network)
+        flags |= CLONE_NEWNET;
+    if (unshare(flags) < 0)
+        fail("unshare", errno);
+    mount_own_views();
+    if (sethostname(o->hostname, strlen(o->hostname)) < 0)
+        fail("hostname", errno);
+    if (!o->host_network)
+        bring_lo_up();
+}
+
+/* The command's process, up to its exec */
+
+static void drop_privileges(const struct options *o)
+{
+    /* Groups first: once the uid is not 0, they can no longer change. */
+    if (setgroups(o->ngroups, o->groups) < 0)
+        fail("setgroups", errno);
+    if (setgid(o->gid) < 0)
+        fail("setgid", errno);
+    if (setuid(o->uid) < 0) /* as root: real, effective and saved; caps go */
+        fail("setuid", errno);
+    /* No setuid binary or file capability may give anything back. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        fail("prctl", errno);
+}
+
+static void exec_command(const struct options *o)
+{
+    if (o->given_uid)
+        drop_privileges(o);
+    if (o->cwd != NULL && chdir(o->cwd) < 0)
         fail("chdir", errno);
 
-    /* posix_spawn reset ignored signals; also unblock everything. */
+    /* posix_spawn reset ignored signals; init blocked the rest: unblock. */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
-    execve(argv[i], &argv[i + 1], environ);
+    execve(o->command[0], &o->command[1], environ);
     fail("exec", errno);
+}
+
+/* Init */
+
+static void watched_signals(sigset_t *set)
+{
+    /* All but those init cannot take (KILL, STOP), those that would mean
+     * init itself faulted, and PIPE (a server gone away is not the job's
+     * business). CHLD is init's own; the others go to the command. */
+    static const int not_watched[] = {SIGKILL, SIGSTOP, SIGSEGV, SIGBUS,
+                                      SIGFPE,  SIGILL,  SIGTRAP, SIGSYS,
+                                      SIGPIPE};
+    sigfillset(set);
+    for (size_t k = 0; k < sizeof not_watched / sizeof not_watched[0]; k++)
+        sigdelset(set, not_watched[k]);
+}
+
+static void confirm_exec(int fd)
+{
+    /* The pipe is close-on-exec in the command's process: end of file with
+     * nothing read means its exec succeeded; otherwise it carries the
+     * error line, which is the job's outcome. */
+    char line[128];
+    size_t len = 0;
+    while (len < sizeof line - 1) {
+        ssize_t n = read(fd, line + len, sizeof line - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    if (len > 0) {
+        line[len] = '\0';
+        report(line);
+        _exit(127);
+    }
+    report("running\n");
+}
+
+static void finish(int status)
+{
+    char line[32];
+    if (WIFSIGNALED(status)) {
+        snprintf(line, sizeof line, "signal %d\n", WTERMSIG(status));
+        report(line);
+        /* The same signal would not kill PID 1: say it the shell's way. */
+        _exit(128 + WTERMSIG(status));
+    }
+    snprintf(line, sizeof line, "exit %d\n", WEXITSTATUS(status));
+    report(line);
+    _exit(WEXITSTATUS(status));
+}
+
+static void reap(pid_t command)
+{
+    /* Every child, orphans included; one SIGCHLD may stand for many. */
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        if (pid == command)
+            finish(status);
+}
+
+static void supervise(pid_t command, const sigset_t *watched)
+{
+    for (;;) {
+        int sig = sigwaitinfo(watched, NULL);
+        if (sig == SIGCHLD)
+            reap(command);
+        else if (sig > 0)
+            kill(command, sig);
+    }
+}
+
+static void run_as_init(const struct options *o)
+{
+    sigset_t watched;
+    watched_signals(&watched);
+    /* Blocked before the fork: a signal sent meanwhile (a stop at once)
+     * waits for the loop below, which forwards it, instead of being lost.
+     * CHLD at its default, never ignored: that would discard the statuses. */
+    sigprocmask(SIG_BLOCK, &watched, NULL);
+    signal(SIGCHLD, SIG_DFL);
+
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        fail("pipe", errno);
+    pid_t command = fork();
+    if (command < 0)
+        fail("fork", errno);
+    if (command == 0) {
+        close(pipefd[0]);
+        close(status_fd);
+        status_fd = pipefd[1];
+        exec_command(o);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    close(pipefd[1]);
+    confirm_exec(pipefd[0]);
+    /* The job's pipes should close when its last process ends, not when
+     * init does. */
+    close(0);
+    close(1);
+    close(2);
+    supervise(command, &watched);
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    memset(&o, 0, sizeof o);
+    parse_options(&o, argc, argv);
+    if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0)
+        usage();
+
+    join_cgroups(&o);
+
+    /* Own session and process group: stop signals the whole group. The
+     * command stays in it, under init too. */
+    if (setsid() < 0)
+        fail("setsid", errno);
+    reset_oom_score();
+
+    if (o.isolate) {
+        isolate(&o);
+        run_as_init(&o);
+    }
+    exec_command(&o);
     return 127;
 }
