@@ -8,17 +8,22 @@ its ``posix_spawnp`` path: the cost of a spawn does not grow with the server's
 memory, as a ``fork`` of a large Python process would.
 
 The helper reports on a fourth pipe (child fd 3): a failed setup or exec comes
-as an ``error`` line; a successful exec closes the pipe silently.
+as an ``error`` line. A plain job's successful exec closes the pipe silently.
+An isolated job's helper is PID 1 of the job's PID namespace (made here, just
+around the spawn) and stays as its init: it says ``running`` once the command
+is exec'd, and ``exit N`` or ``signal N`` when the command ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from twisted.internet.interfaces import (
     IProcessProtocol,
@@ -27,6 +32,8 @@ from twisted.internet.interfaces import (
 )
 
 from jobworker.linux.build import helper_path
+from jobworker.linux.pidns import new_pid_namespace
+from jobworker.spec import NETWORK_MODES
 
 STATUS_FD = 3
 DEFAULT_JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -40,6 +47,28 @@ class LaunchRequest:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    # cgroup.procs files the process joins before anything else: one per
+    # hierarchy on cgroup v1, a single one on v2.
+    cgroup_procs: tuple[str, ...] = ()
+    # New PID, mount, UTS, IPC and (network "none") network namespaces.
+    isolate: bool = False
+    network: str = "none"
+    hostname: str = "jobworker"
+    # The user the command runs as (ids, resolved beforehand: see
+    # ``resolve_user``); None keeps the server's.
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.network not in NETWORK_MODES:
+            raise ValueError(
+                f"network must be one of {NETWORK_MODES}: {self.network!r}"
+            )
+        if (self.uid is None) != (self.gid is None):
+            raise ValueError("uid and gid go together")
+        if self.groups and self.uid is None:
+            raise ValueError("groups need a uid and gid")
 
 
 class Launcher(Protocol):
@@ -58,7 +87,16 @@ class HelperLauncher:
         self._helper = str(helper or helper_path())
 
     def helper_argv(self, request: LaunchRequest) -> list[str]:
+        """The helper's command line for ``request`` (flags: see exec.c)."""
         argv = [self._helper, "--status-fd", str(STATUS_FD)]
+        for procs in request.cgroup_procs:
+            argv += ["--cgroup-procs", procs]
+        if request.isolate:
+            argv += ["--isolate", "--network", request.network]
+            argv += ["--hostname", request.hostname]
+        if request.uid is not None and request.gid is not None:
+            argv += ["--uid", str(request.uid), "--gid", str(request.gid)]
+            argv += ["--groups", ",".join(str(g) for g in request.groups)]
         if request.cwd is not None:
             argv += ["--cwd", request.cwd]
         return [*argv, "--", request.executable, *request.argv]
@@ -66,14 +104,51 @@ class HelperLauncher:
     def launch(
         self, protocol: IProcessProtocol, request: LaunchRequest
     ) -> IProcessTransport:
-        return self._reactor.spawnProcess(
-            protocol,
-            self._helper,
-            self.helper_argv(request),
-            env=dict(request.env),
-            path=None,
-            childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r"},
+        """
+        Spawn the helper for ``request``. An isolated job's PID namespace is
+        made here rather than by the helper, so that the helper is its PID 1
+        with no process left outside to relay signals and statuses. Raises
+        ``OSError`` if the process or its namespace cannot be made.
+        """
+        birthplace = (
+            new_pid_namespace() if request.isolate else contextlib.nullcontext()
         )
+        with birthplace:
+            return self._reactor.spawnProcess(
+                protocol,
+                self._helper,
+                self.helper_argv(request),
+                env=dict(request.env),
+                path=None,
+                childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r"},
+            )
+
+
+class User(NamedTuple):
+    """Who a job runs as, in the ids the helper takes."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+class UnknownUser(LookupError):
+    """The user a job should run as does not exist on this host."""
+
+
+def resolve_user(name: str) -> User:
+    """
+    The ids of user ``name``: its uid, primary gid and every group it is a
+    member of. Looked up here, in the server, never in the job's process
+    (which runs no NSS code between fork and exec); the lookup may block on
+    a directory service, so do it once, at start-up, not per job.
+    """
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise UnknownUser(f"no such user: {name!r}") from None
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return User(entry.pw_uid, entry.pw_gid, tuple(dict.fromkeys(groups)))
 
 
 def resolve_command(command: str, search_path: str | None) -> str:
@@ -97,7 +172,11 @@ def describe_launch_error(line: str, request: LaunchRequest) -> str:
         stage, number = parts[1], int(parts[2])
     except (IndexError, ValueError):
         return f"launch failed: {line.strip()}"
-    subject = request.cwd if stage == "chdir" and request.cwd else request.argv[0]
+    subject = request.argv[0]
+    if stage == "chdir" and request.cwd:
+        subject = request.cwd
+    elif stage == "cgroup" and request.cgroup_procs:
+        subject = " ".join(request.cgroup_procs)
     return describe_os_error(stage, subject, number)
 
 
