@@ -69,6 +69,8 @@ class JobProcessProtocol(ProcessProtocol):
     def __init__(self, job: RunningJob) -> None:
         self._job = job
         self._status = b""
+        # The command's end as an isolated job's init reported it.
+        self._reported_end: Failure | None = None
 
     def connectionMade(self) -> None:
         # Jobs get no input: their stdin reads as end of file.
@@ -83,7 +85,26 @@ class JobProcessProtocol(ProcessProtocol):
             self._status += data
             *lines, self._status = self._status.split(b"\n")
             for line in lines:
-                self._job.launch_report(line.decode("utf-8", "replace"))
+                self._status_line(line.decode("utf-8", "replace"))
+
+    def _status_line(self, line: str) -> None:
+        # An isolated job's helper stays as its init, whose own exit status
+        # is not the command's: the command's comes as "exit N"/"signal N".
+        word, _, number = line.partition(" ")
+        ended: Exception | None = None
+        if word == "exit" and number.isdigit():
+            code = int(number)
+            ended = (
+                ProcessDone(0)  # type: ignore[no-untyped-call]
+                if code == 0
+                else ProcessTerminated(exitCode=code)  # type: ignore[no-untyped-call]
+            )
+        elif word == "signal" and number.isdigit():
+            ended = ProcessTerminated(signal=int(number))  # type: ignore[no-untyped-call]
+        if ended is None:
+            self._job.launch_report(line)
+        else:
+            self._reported_end = Failure(ended)  # type: ignore[no-untyped-call]
 
     def childConnectionLost(self, childFD: int) -> None:
         if childFD == STATUS_FD:
@@ -93,7 +114,7 @@ class JobProcessProtocol(ProcessProtocol):
         self._job.process_exited()
 
     def processEnded(self, reason: Failure) -> None:
-        self._job.process_ended(reason)
+        self._job.process_ended(self._reported_end or reason)
 
 
 class RunningJob:
@@ -153,7 +174,9 @@ class RunningJob:
             )
 
     def launch_report(self, line: str) -> None:
-        if line.startswith("error ") and not self._launched:
+        if line == "running":  # an isolated job's init exec'd the command
+            self.launch_confirmed()
+        elif line.startswith("error ") and not self._launched:
             self._launch_error = describe_launch_error(line, self.request)
 
     def launch_confirmed(self) -> None:
