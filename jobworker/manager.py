@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +32,10 @@ from jobworker.launcher import (
     HelperLauncher,
     Launcher,
     LaunchRequest,
+    User,
     describe_os_error,
     resolve_command,
+    resolve_user,
 )
 from jobworker.output import OutputChunk, OutputLog, Stream
 from jobworker.runner import JobProcessProtocol, RunningJob, process_start_time
@@ -65,6 +68,10 @@ class ShuttingDown(JobError):
     """The server is shutting down and starts nothing new."""
 
 
+class IsolationUnavailable(JobError):
+    """This host or process cannot isolate jobs as the settings ask."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Server-wide knobs of the job library, with sane defaults."""
@@ -77,6 +84,9 @@ class Settings:
     # PATH given to jobs that set none; the server's own environment is
     # never passed on.
     job_path: str = DEFAULT_JOB_PATH
+    # Each job in new PID, mount, UTS, IPC and network namespaces (needs
+    # root). Without it jobs share the host's view: for development only.
+    isolate: bool = True
 
 
 class JobManager(Service):
@@ -97,6 +107,7 @@ class JobManager(Service):
         self.settings = settings or Settings()
         self._launcher = launcher
         self._store: JobStore | None = None
+        self._users: dict[str, User] = {}
         self._live: dict[str, RunningJob] = {}
         self._closing = False
 
@@ -112,6 +123,11 @@ class JobManager(Service):
 
     def open(self) -> None:
         """Open the store and reconcile jobs a previous server left running."""
+        if self.settings.isolate and os.geteuid() != 0:
+            raise IsolationUnavailable(
+                "isolating jobs in namespaces needs root; run as root, or turn"
+                " isolation off (development only)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "jobs").mkdir(exist_ok=True)
         if self._launcher is None:
@@ -179,21 +195,45 @@ class JobManager(Service):
         self._spawn(job)
         return await job.started.when_fired()
 
+    def prepare_users(self, names: Iterable[str]) -> None:
+        """
+        Look up the users jobs may run as, once, before serving: the lookup
+        may block (NSS, directory services) and an unknown user is a
+        configuration error to report at start-up. Raises ``UnknownUser``.
+        """
+        for name in names:
+            self._users[name] = resolve_user(name)
+
+    def _user(self, name: str) -> User:
+        if name not in self._users:
+            self._users[name] = resolve_user(name)
+        return self._users[name]
+
     def _spawn(self, job: RunningJob) -> None:
         spec = job.record.spec
         env = {"PATH": self.settings.job_path, **spec.env}
+        user = None if job.record.run_as is None else self._user(job.record.run_as)
         try:
             executable = resolve_command(spec.command, os.environ.get("PATH"))
-            request = LaunchRequest(
-                executable=executable,
-                argv=(spec.command, *spec.args),
-                env=env,
-                cwd=spec.cwd,
-            )
+        except OSError as e:
+            job.fail_to_start(describe_os_error("exec", spec.command, e.errno or 0))
+            return
+        request = LaunchRequest(
+            executable=executable,
+            argv=(spec.command, *spec.args),
+            env=env,
+            cwd=spec.cwd,
+            isolate=self.settings.isolate,
+            network=spec.isolation.network,
+            uid=None if user is None else user.uid,
+            gid=None if user is None else user.gid,
+            groups=() if user is None else user.groups,
+        )
+        try:
             assert self._launcher is not None
             transport = self._launcher.launch(JobProcessProtocol(job), request)
         except OSError as e:
-            job.fail_to_start(describe_os_error("exec", spec.command, e.errno or 0))
+            job.fail_to_start(describe_os_error("spawn", spec.command, e.errno or 0))
             return
         job.attach(transport, request)
 

@@ -197,7 +197,7 @@ async def test_stop_leaves_no_process(manager: JobManager) -> None:
     assert job.pid is not None
     await manager.read_output(job.id, wait=10)  # both children exist
     members = session_members(job.pid)
-    assert len(members) == 3
+    assert len(members) == 4  # the init, sh and both sleeps
     stopping = manager.stop(job.id, grace=5)
     assert stopping.status is JobStatus.STOPPING
     ended = await manager.wait(job.id)
