@@ -13,6 +13,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
@@ -521,6 +527,21 @@ def test_malformed_key_is_named(dev_pki: DevPKI, tmp_path: Path) -> None:
     bad.write_bytes(dev_pki.server.cert.read_bytes())
     error = server_error(dev_pki.server.cert, bad, dev_pki.ca)
     assert error == f"private key {bad} is not a PEM private key"
+
+
+def test_encrypted_key_is_named(dev_pki: DevPKI, tmp_path: Path) -> None:
+    """A key that needs a passphrase cannot be used by a service; say so."""
+    key = load_pem_private_key(dev_pki.server.key.read_bytes(), None)
+    encrypted = tmp_path / "server.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            Encoding.PEM,
+            PrivateFormat.PKCS8,
+            BestAvailableEncryption(b"secret"),
+        )
+    )
+    error = server_error(dev_pki.server.cert, encrypted, dev_pki.ca)
+    assert error == f"private key {encrypted} is encrypted; give an unencrypted key"
 
 
 def test_key_of_another_certificate_is_refused(dev_pki: DevPKI) -> None:
