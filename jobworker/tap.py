@@ -1,0 +1,143 @@
+"""
+``twistd jobworker``: command-line options and the service they make.
+
+A bad certificate, key or policy file is one clear line on stderr and a
+non-zero exit, not a traceback. SIGTERM (twistd's stop) stops listening
+first, then stops every job with its grace period, answers open long-polls
+and closes the database.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import SSLServer
+from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from jobworker.api import Api, ApiSettings
+from jobworker.auth import Policy, PolicyError
+from jobworker.manager import JobManager, Settings
+from jobworker.spec import InvalidSpec, parse_size
+from jobworker.tls import TLSConfigError, server_tls_options
+
+log = Logger()
+
+
+def size_option(value: str) -> int:
+    try:
+        return parse_size(value, "size")
+    except InvalidSpec as e:
+        raise ValueError(e.message) from None
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the jobworker HTTPS API: clients authenticate with certificates "
+        "signed by --ca; the policy file maps their names to roles."
+    )
+    optParameters: Any = [
+        ["host", None, "127.0.0.1", "Address to listen on."],
+        ["port", "p", 8443, "Port to listen on.", int],
+        ["cert", None, None, "Server certificate (PEM)."],
+        ["key", None, None, "Server private key (PEM)."],
+        ["ca", None, None, "CA certificate that signs client certificates (PEM)."],
+        [
+            "policy",
+            None,
+            None,
+            "Policy file (TOML). Without one, every identity is denied.",
+        ],
+        ["data-dir", "d", "data", "Directory for the job database and output."],
+        ["max-jobs", None, 256, "Most jobs running at once.", int],
+        [
+            "output-limit",
+            None,
+            "10G",
+            "Most output per job (stdout and stderr); beyond it the job is stopped.",
+            size_option,
+        ],
+        [
+            "grace",
+            None,
+            10.0,
+            "Seconds between SIGTERM and SIGKILL when a job is stopped.",
+            float,
+        ],
+        ["max-body", None, "1M", "Largest request body.", size_option],
+        [
+            "idle-timeout",
+            None,
+            60.0,
+            "Close connections idle this long (seconds).",
+            float,
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        for name in ("cert", "key", "ca"):
+            if not self[name]:
+                raise usage.UsageError(f"--{name} is required")
+        if not 0 < self["port"] < 65536:
+            raise usage.UsageError("--port must be from 1 to 65535")
+        if self["max-jobs"] < 1:
+            raise usage.UsageError("--max-jobs must be at least 1")
+
+
+def makeService(options: Options) -> IService:
+    """Build the service tree, or exit with one line saying what is wrong."""
+    try:
+        tls = server_tls_options(options["cert"], options["key"], options["ca"])
+        policy = load_policy(options["policy"])
+    except (TLSConfigError, PolicyError, OSError) as e:
+        sys.exit(f"jobworker: {e}")
+    raise_open_files_limit()
+    manager = JobManager(
+        _reactor(),
+        Path(options["data-dir"]),
+        Settings(
+            max_running_jobs=options["max-jobs"],
+            output_limit=options["output-limit"],
+            default_grace=options["grace"],
+        ),
+    )
+    api = Api(
+        manager,
+        policy,
+        ApiSettings(max_body=options["max-body"], idle_timeout=options["idle-timeout"]),
+    )
+    top = MultiService()
+    # Children stop in reverse order: the listener goes first, so nothing new
+    # arrives while the manager stops the jobs.
+    manager.setServiceParent(top)
+    server = SSLServer(options["port"], api.site(), tls, interface=options["host"])
+    server.setServiceParent(top)
+    return top
+
+
+def load_policy(path: str | None) -> Policy:
+    if path is None:
+        log.warn("no --policy given: every identity is denied")
+        return Policy.default()
+    return Policy.from_toml(Path(path))
+
+
+def raise_open_files_limit() -> None:
+    """Each job holds pipes and files, each client a socket: allow many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info(
+            "raised the open files limit from {soft} to {hard}", soft=soft, hard=hard
+        )
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
