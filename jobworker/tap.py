@@ -9,6 +9,7 @@ and closes the database.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -21,61 +22,43 @@ from twisted.python import usage
 
 from jobworker.api import Api, ApiSettings
 from jobworker.auth import Policy, PolicyError
-from jobworker.manager import JobManager, Settings
+from jobworker.launcher import UnknownUser
+from jobworker.manager import IsolationUnavailable, JobManager, Settings
 from jobworker.spec import InvalidSpec, parse_size
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()
 
-
-def size_option(value: str) -> int:
-    try:
-        return parse_size(value, "size")
-    except InvalidSpec as e:
-        raise ValueError(e.message) from None
+# fmt: off
+PARAMETERS = [
+    ["host", None, "127.0.0.1", "Address to listen on."],
+    ["port", "p", 8443, "Port to listen on.", int],
+    ["cert", None, None, "Server certificate (PEM)."],
+    ["key", None, None, "Server private key (PEM)."],
+    ["ca", None, None, "CA certificate that signs client certificates (PEM)."],
+    ["policy", None, None, "Policy file (TOML). Without one, all are denied."],
+    ["data-dir", "d", "data", "Directory for the job database and output."],
+    ["max-jobs", None, 256, "Most jobs running at once.", int],
+    ["output-limit", None, "10G", "Most output per job; beyond, it is stopped."],
+    ["grace", None, 10.0, "Seconds from SIGTERM to SIGKILL on stop.", float],
+    ["max-body", None, "1M", "Largest request body."],
+    ["idle-timeout", None, 60.0, "Close connections idle this long.", float],
+]
+# fmt: on
 
 
 class Options(usage.Options):
-    synopsis = "[options]"
+    synopsis = "--cert FILE --key FILE --ca FILE [options]"
     longdesc = (
-        "Serve the jobworker HTTPS API: clients authenticate with certificates "
-        "signed by --ca; the policy file maps their names to roles."
+        "Serve the jobworker HTTPS API over mutual TLS. Clients present "
+        "certificates signed by --ca; the policy maps their names to roles."
     )
-    optParameters: Any = [
-        ["host", None, "127.0.0.1", "Address to listen on."],
-        ["port", "p", 8443, "Port to listen on.", int],
-        ["cert", None, None, "Server certificate (PEM)."],
-        ["key", None, None, "Server private key (PEM)."],
-        ["ca", None, None, "CA certificate that signs client certificates (PEM)."],
+    optParameters: Any = PARAMETERS
+    optFlags: Any = [
         [
-            "policy",
+            "no-isolation",
             None,
-            None,
-            "Policy file (TOML). Without one, every identity is denied.",
-        ],
-        ["data-dir", "d", "data", "Directory for the job database and output."],
-        ["max-jobs", None, 256, "Most jobs running at once.", int],
-        [
-            "output-limit",
-            None,
-            "10G",
-            "Most output per job (stdout and stderr); beyond it the job is stopped.",
-            size_option,
-        ],
-        [
-            "grace",
-            None,
-            10.0,
-            "Seconds between SIGTERM and SIGKILL when a job is stopped.",
-            float,
-        ],
-        ["max-body", None, "1M", "Largest request body.", size_option],
-        [
-            "idle-timeout",
-            None,
-            60.0,
-            "Close connections idle this long (seconds).",
-            float,
+            "Run jobs without namespaces (development only; no root needed).",
         ],
     ]
 
@@ -83,20 +66,40 @@ class Options(usage.Options):
         for name in ("cert", "key", "ca"):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
-        if not 0 < self["port"] < 65536:
-            raise usage.UsageError("--port must be from 1 to 65535")
+        if not 0 <= self["port"] < 65536:
+            raise usage.UsageError("--port must be from 0 to 65535")
         if self["max-jobs"] < 1:
             raise usage.UsageError("--max-jobs must be at least 1")
+        for name in ("output-limit", "max-body"):
+            try:
+                self[name] = parse_size(self[name], f"--{name}")
+            except InvalidSpec as e:
+                raise usage.UsageError(str(e)) from None
 
 
 def makeService(options: Options) -> IService:
     """Build the service tree, or exit with one line saying what is wrong."""
     try:
-        tls = server_tls_options(options["cert"], options["key"], options["ca"])
-        policy = load_policy(options["policy"])
-    except (TLSConfigError, PolicyError, OSError) as e:
+        return build_service(options)
+    except (
+        TLSConfigError,
+        PolicyError,
+        IsolationUnavailable,
+        UnknownUser,
+        OSError,
+    ) as e:
         sys.exit(f"jobworker: {e}")
-    raise_open_files_limit()
+
+
+def build_service(options: Options) -> IService:
+    isolate = not options["no-isolation"]
+    tls = server_tls_options(options["cert"], options["key"], options["ca"])
+    policy = load_policy(options["policy"])
+    if isolate and os.geteuid() != 0:
+        raise IsolationUnavailable(
+            "isolating jobs needs root: run as root, or pass --no-isolation"
+            " (development only: jobs then run unconfined, as this user)"
+        )
     manager = JobManager(
         _reactor(),
         Path(options["data-dir"]),
@@ -104,8 +107,14 @@ def makeService(options: Options) -> IService:
             max_running_jobs=options["max-jobs"],
             output_limit=options["output-limit"],
             default_grace=options["grace"],
+            isolate=isolate,
         ),
     )
+    if isolate:
+        manager.prepare_users({role.run_as for role in policy.roles.values()})
+    else:
+        log.warn("--no-isolation: jobs run unconfined, as the server's own user")
+    raise_open_files_limit()
     api = Api(
         manager,
         policy,
