@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from twisted.application.internet import SSLServer
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -121,12 +123,37 @@ def build_service(options: Options) -> IService:
         ApiSettings(max_body=options["max-body"], idle_timeout=options["idle-timeout"]),
     )
     top = MultiService()
+    GracefulTermination(_reactor()).setServiceParent(top)
     # Children stop in reverse order: the listener goes first, so nothing new
     # arrives while the manager stops the jobs.
     manager.setServiceParent(top)
     server = SSLServer(options["port"], api.site(), tls, interface=options["host"])
     server.setServiceParent(top)
     return top
+
+
+class GracefulTermination(Service):
+    """
+    SIGTERM is how a supervisor asks us to stop: stop gracefully and exit 0.
+
+    twistd's own handler stops the reactor too, but then re-raises SIGTERM on
+    itself at exit, which reads as a crash to anyone checking the status.
+    The handler is installed once the reactor runs, after twistd's own.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        signal.signal(signal.SIGTERM, self._terminate)
+
+    def _terminate(self, number: int, frame: FrameType | None) -> None:
+        log.info("received SIGTERM: stopping jobs, then exiting")
+        self._reactor.callFromThread(self._reactor.stop)
 
 
 def load_policy(path: str | None) -> Policy:
