@@ -74,7 +74,7 @@ def no_session_left(pid: int | None) -> bool:
     """True once every process of the session is gone (a SIGKILLed process
     may take a moment to finish dying after the job's record says ended)."""
     _, alive = psutil.wait_procs(session_members(pid or 0), timeout=5)
-    return alive == []
+    return not alive
 
 
 @pytest_twisted.ensureDeferred
