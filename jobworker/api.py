@@ -128,6 +128,8 @@ class Api:
         self.policy = policy
         self.settings = settings or ApiSettings()
         self.identify = identify
+        # Open follow streams, for health and tests.
+        self.followers: set[FollowStream] = set()
 
     def visible_job(self, identity: Identity, job_id: str, action: Action) -> Job:
         """The job, if the caller may see it (else 404) and act on it (else 403)."""
@@ -319,7 +321,9 @@ class OutputEndpoint(Endpoint):
         if follow:
             if offset > log.size(stream) and log.closed:
                 raise OffsetOutOfRange(stream, offset, log.size(stream))
-            return FollowStream(request, log, stream, offset).start()
+            return FollowStream(
+                request, log, stream, offset, self.api.followers
+            ).start()
         chunk = await self.api.manager.read_output(
             self.job_id, stream, offset, limit, wait
         )
@@ -343,7 +347,11 @@ class HealthEndpoint(Endpoint):
 
     async def handle_GET(self, request: Request, identity: Identity) -> dict[str, Any]:
         Query(request, set())
-        return {"status": "ok", "running_jobs": self.api.manager.running_count()}
+        return {
+            "status": "ok",
+            "running_jobs": self.api.manager.running_count(),
+            "followers": len(self.api.followers),
+        }
 
 
 class OpenAPIEndpoint(Endpoint):
@@ -399,13 +407,19 @@ class FollowStream:
     """
 
     def __init__(
-        self, request: Request, log: OutputLog, stream: Stream, offset: int
+        self,
+        request: Request,
+        log: OutputLog,
+        stream: Stream,
+        offset: int,
+        registry: set[FollowStream],
     ) -> None:
         self._request = request
         self._log = log
         self._stream = stream
-        self._offset = offset
-        self._paused = False
+        self.offset = offset
+        self._registry = registry
+        self.paused = False
         self._waiting: Deferred[None] | None = None
         self._done = False
 
@@ -413,23 +427,24 @@ class FollowStream:
         request = self._request
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", OCTETS)
-        request.setHeader(b"Jobworker-Offset", str(self._offset).encode())
+        request.setHeader(b"Jobworker-Offset", str(self.offset).encode())
         request.registerProducer(self, True)
         request.notifyFinish().addErrback(self._client_gone)
+        self._registry.add(self)
         self._pump()
         return NOT_DONE_YET
 
     def _pump(self) -> None:
-        while not self._paused and not self._done:
-            chunk = self._log.read(self._stream, self._offset, FOLLOW_CHUNK)
+        while not self.paused and not self._done:
+            chunk = self._log.read(self._stream, self.offset, FOLLOW_CHUNK)
             if chunk.data:
-                self._offset = chunk.next_offset
+                self.offset = chunk.next_offset
                 self._request.write(chunk.data)
                 continue
             if chunk.complete:
                 self._finish()
                 return
-            self._waiting = self._log.wait(self._stream, self._offset)
+            self._waiting = self._log.wait(self._stream, self.offset)
             self._waiting.addCallbacks(self._woken, lambda f: f.trap(CancelledError))
             return
 
@@ -439,20 +454,22 @@ class FollowStream:
 
     def _finish(self) -> None:
         self._done = True
+        self._registry.discard(self)
         self._request.unregisterProducer()
         self._request.finish()
 
     def _client_gone(self, reason: Failure) -> None:
         self._done = True
+        self._registry.discard(self)
         if self._waiting is not None:
             self._waiting.cancel()
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resumeProducing(self) -> None:
-        if self._paused and not self._done:
-            self._paused = False
+        if self.paused and not self._done:
+            self.paused = False
             if self._waiting is None:
                 self._pump()
 

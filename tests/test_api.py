@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from zope.interface import implementer
 from jobworker.api import Api, ApiSettings
 from jobworker.auth import Policy
 from jobworker.manager import JobManager, Settings
+from jobworker.output import Stream
 from jobworker.pki import write_dev_pki
 from jobworker.tls import client_tls_policy, server_tls_options
 
@@ -62,12 +64,22 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def server(certs: Path, tmp_path: Path) -> Iterator[Server]:
+def manager(tmp_path: Path) -> Iterator[JobManager]:
     manager = JobManager(
         reactor, tmp_path / "data", Settings(max_running_jobs=3, default_grace=2)
     )
     manager.open()
-    api = Api(manager, Policy.from_toml(EXAMPLE_POLICY), ApiSettings(max_body=4096))
+    yield manager
+    pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
+
+
+@pytest.fixture
+def api(manager: JobManager) -> Api:
+    return Api(manager, Policy.from_toml(EXAMPLE_POLICY), ApiSettings(max_body=4096))
+
+
+@pytest.fixture
+def server(certs: Path, manager: JobManager, api: Api) -> Iterator[Server]:
     tls = server_tls_options(
         certs / "server.pem", certs / "server.key", certs / "ca.pem"
     )
@@ -75,7 +87,6 @@ def server(certs: Path, tmp_path: Path) -> Iterator[Server]:
     address = port.getHost()
     yield Server(f"https://127.0.0.1:{address.port}", port, manager, certs)
     pytest_twisted.blockon(port.stopListening())
-    pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
 
 
 async def call(
@@ -496,3 +507,43 @@ async def sleep(seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_follower_pauses_the_stream(server: Server, api: Api) -> None:
+    """A follower that stops reading pauses the server's file reads: the
+    stream does not race ahead of the client into memory."""
+    job = await start(
+        server, "alice", "/bin/sh", "-c", "head -c 64M /dev/zero; sleep 1000"
+    )
+    context = ssl.create_default_context(cafile=str(server.certs / "ca.pem"))
+    context.load_cert_chain(server.certs / "alice.pem", server.certs / "alice.key")
+    release = threading.Event()
+    port = server.port.getHost().port  # type: ignore[attr-defined]
+
+    def follow_without_reading() -> None:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            tls.sendall(
+                f"GET /v1/jobs/{job['id']}/output?follow=true HTTP/1.1\r\n"
+                "Host: x\r\n\r\n".encode()
+            )
+            tls.recv(1024)
+            release.wait(30)
+
+    client = deferToThread(follow_without_reading)
+    log = server.manager.output_log(job["id"])
+    while log.size(Stream.COMBINED) < 64 << 20 or not api.followers:
+        await sleep(0.05)
+    await sleep(0.2)
+    (follower,) = api.followers
+    assert follower.paused
+    assert follower.offset < 16 << 20  # socket and TLS buffers, not the output
+    release.set()
+    await client
+    while api.followers:
+        await sleep(0.01)
+    assert log.waiter_count() == 0
