@@ -1,10 +1,16 @@
 """
 A job's output: append-only files, byte offsets, and waiters.
 
-Each job has three files: ``stdout`` and ``stderr`` hold each stream's raw
-bytes, ``combined`` both in the order the server read them. A byte's offset in
-its file is the only cursor a reader needs: reading history and then waiting
-for more is one operation, so there is no gap or duplicate between the two.
+Each job has two data files, ``stdout`` and ``stderr``, holding each stream's
+raw bytes. The ``combined`` view (both, in the order the server read them) is
+not a third copy: ``combined.index`` records where the view switches from one
+stream to the other, as fixed-size records (offset in the view, stream, offset
+in that stream). A job that writes to one stream only has a one-record index,
+and every byte is written to disk once.
+
+A byte's offset in its view is the only cursor a reader needs: reading
+history and then waiting for more is one operation, so there is no gap or
+duplicate between the two.
 
 Readers that are ahead of the writer wait on a Deferred. The writer wakes them
 in a later reactor turn (never re-entrantly from inside ``write``), once per
@@ -17,6 +23,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +39,11 @@ class Stream(enum.Enum):
 
 WRITTEN_STREAMS = (Stream.STDOUT, Stream.STDERR)
 FILE_MODE = 0o640
+INDEX_FILE = "combined.index"
+# One index record: where a segment starts in the combined view, and where it
+# starts in its stream, with the stream in the top bit (set for stderr).
+INDEX_RECORD = struct.Struct("<QQ")
+STDERR_BIT = 1 << 63
 
 
 class OffsetOutOfRange(Exception):
@@ -66,7 +78,9 @@ class OutputLog:
         self.directory = directory
         self._reactor = reactor
         self._fds: dict[Stream, int] = {}
+        self._index_fd: int | None = None
         self._sizes: dict[Stream, int] = {}
+        self._last_stream: Stream | None = None
         self._waiters: dict[Stream, list[tuple[int, Deferred[None]]]] = {
             s: [] for s in Stream
         }
@@ -74,18 +88,13 @@ class OutputLog:
         self.closed = not writable
         if writable:
             directory.mkdir(parents=True, exist_ok=True)
-        for stream in Stream:
-            path = self.path(stream)
-            if writable:
-                fd = os.open(
-                    path,
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                    FILE_MODE,
-                )
-                self._fds[stream] = fd
-                self._sizes[stream] = os.fstat(fd).st_size
-            else:
-                self._sizes[stream] = _size_or_zero(path)
+            for stream in WRITTEN_STREAMS:
+                self._fds[stream] = _open_append(self.path(stream))
+                self._sizes[stream] = os.fstat(self._fds[stream]).st_size
+            self._index_fd = _open_append(directory / INDEX_FILE)
+        else:
+            for stream in WRITTEN_STREAMS:
+                self._sizes[stream] = _size_or_zero(self.path(stream))
 
     @classmethod
     def create(cls, directory: Path, reactor: IReactorTime) -> OutputLog:
@@ -98,9 +107,14 @@ class OutputLog:
         return cls(directory, reactor, writable=False)
 
     def path(self, stream: Stream) -> Path:
+        """The data file of stdout or stderr."""
+        if stream not in WRITTEN_STREAMS:
+            raise ValueError(f"{stream.value} has no file of its own")
         return self.directory / stream.value
 
     def size(self, stream: Stream) -> int:
+        if stream is Stream.COMBINED:
+            return self.total
         return self._sizes[stream]
 
     def sizes(self) -> dict[str, int]:
@@ -109,11 +123,11 @@ class OutputLog:
 
     @property
     def total(self) -> int:
-        return sum(self._sizes[s] for s in WRITTEN_STREAMS)
+        return self._sizes[Stream.STDOUT] + self._sizes[Stream.STDERR]
 
     def write(self, stream: Stream, data: bytes) -> None:
         """
-        Append ``data`` to ``stream`` and the combined view.
+        Append ``data`` to ``stream`` (and so to the combined view).
 
         Raises ``OSError`` (e.g. ENOSPC) if the disk refuses; whatever part
         was written stays and is counted.
@@ -123,10 +137,21 @@ class OutputLog:
         if stream not in WRITTEN_STREAMS:
             raise ValueError(f"cannot write to {stream.value}")
         try:
+            if stream is not self._last_stream:
+                # The record goes first: after a crash between the two writes
+                # it describes an empty segment, which reads as nothing.
+                self._write_index_record(stream)
+                self._last_stream = stream
             self._append(stream, data)
-            self._append(Stream.COMBINED, data)
         finally:
             self._schedule_wake()
+
+    def _write_index_record(self, stream: Stream) -> None:
+        tag = STDERR_BIT if stream is Stream.STDERR else 0
+        record = INDEX_RECORD.pack(self.total, tag | self._sizes[stream])
+        assert self._index_fd is not None
+        if os.write(self._index_fd, record) != len(record):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _append(self, stream: Stream, data: bytes) -> None:
         view = memoryview(data)
@@ -149,16 +174,23 @@ class OutputLog:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        if self._index_fd is not None:
+            os.close(self._index_fd)
+            self._index_fd = None
         self._schedule_wake()
 
     def read(self, stream: Stream, offset: int, limit: int) -> OutputChunk:
         """What ``stream`` holds from ``offset`` now: at most ``limit`` bytes."""
-        size = self._sizes[stream]
+        size = self.size(stream)
         if offset > size and self.closed:
             raise OffsetOutOfRange(stream, offset, size)
         data = b""
         if offset < size and limit > 0:
-            data = _pread(self.path(stream), min(limit, size - offset), offset)
+            length = min(limit, size - offset)
+            if stream is Stream.COMBINED:
+                data = self._read_combined(offset, length)
+            else:
+                data = _pread(self.path(stream), length, offset)
         end = offset + len(data)
         return OutputChunk(
             data=data,
@@ -167,13 +199,34 @@ class OutputLog:
             complete=self.closed and end >= size,
         )
 
+    def _read_combined(self, offset: int, length: int) -> bytes:
+        """Stitch ``length`` bytes of the combined view from the two files."""
+        size = self.total
+        pieces: list[bytes] = []
+        with CombinedIndex(self.directory / INDEX_FILE) as index:
+            i = index.find(offset)
+            while length > 0 and i < index.count:
+                start, stream, stream_offset = index.record(i)
+                end = index.record(i + 1)[0] if i + 1 < index.count else size
+                take = min(length, end - offset)
+                if take > 0:
+                    where = stream_offset + offset - start
+                    piece = _pread(self.path(stream), take, where)
+                    pieces.append(piece)
+                    if len(piece) < take:
+                        break  # a crash cut the segment short
+                    offset += take
+                    length -= take
+                i += 1
+        return b"".join(pieces)
+
     def wait(self, stream: Stream, offset: int) -> Deferred[None]:
         """
         Fire once ``stream`` holds bytes past ``offset`` or the log is closed.
 
         Cancelling the Deferred (the reader went away) forgets the waiter.
         """
-        if self.closed or self._sizes[stream] > offset:
+        if self.closed or self.size(stream) > offset:
             return succeed(None)
         waiters = self._waiters[stream]
 
@@ -195,11 +248,50 @@ class OutputLog:
     def _wake(self) -> None:
         self._wake_call = None
         for stream, waiters in self._waiters.items():
-            size = self._sizes[stream]
+            size = self.size(stream)
             ready = [w for (o, w) in waiters if self.closed or size > o]
             waiters[:] = [(o, w) for (o, w) in waiters if not (self.closed or size > o)]
             for waiter in ready:
                 waiter.callback(None)
+
+
+class CombinedIndex:
+    """Read access to ``combined.index``: records by number, binary search."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+        self.count = 0
+
+    def __enter__(self) -> CombinedIndex:
+        try:
+            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return self
+        # A trailing partial record (a crash mid-write) is ignored.
+        self.count = os.fstat(self._fd).st_size // INDEX_RECORD.size
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    def record(self, i: int) -> tuple[int, Stream, int]:
+        raw = os.pread(self._fd, INDEX_RECORD.size, i * INDEX_RECORD.size)
+        start, tagged = INDEX_RECORD.unpack(raw)
+        stream = Stream.STDERR if tagged & STDERR_BIT else Stream.STDOUT
+        return start, stream, tagged & ~STDERR_BIT
+
+    def find(self, offset: int) -> int:
+        """The last record starting at or before ``offset``."""
+        low, high = 0, self.count - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.record(middle)[0] <= offset:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
 
 def _size_or_zero(path: Path) -> int:
@@ -207,6 +299,11 @@ def _size_or_zero(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _open_append(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    return os.open(path, flags, FILE_MODE)
 
 
 def _pread(path: Path, length: int, offset: int) -> bytes:
