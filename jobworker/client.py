@@ -152,14 +152,17 @@ def connection_error(error: BaseException) -> JobworkerError | None:
     certificate after our side of the handshake is done, so its alert shows
     up as the request's failure, not the connection's.
     """
-    for cause in _causes(error):
+    causes = _causes(error)
+    if _cancelled(error):
+        return None  # we gave up on it: not the connection's fault
+    for cause in causes:
         if isinstance(cause, VerificationError):
             return ServerNotTrusted(
                 "the server's certificate is for another host name or address"
             )
         if isinstance(cause, SSL.Error):
             return _tls_error(cause)
-    for cause in _causes(error):
+    for cause in causes:
         if isinstance(cause, net.ConnectionRefusedError):
             return ConnectionFailed("connection refused: is the server running?")
         if isinstance(cause, net.DNSLookupError):
@@ -171,6 +174,17 @@ def connection_error(error: BaseException) -> JobworkerError | None:
     if isinstance(error, ResponseFailed):
         return ConnectionFailed("the connection broke during the response")
     return None
+
+
+def _cancelled(error: BaseException) -> bool:
+    return any(isinstance(cause, CancelledError) for cause in _causes(error))
+
+
+def _translated(error: Exception) -> Exception:
+    """What to raise for ``error``: ours, a plain CancelledError, or itself."""
+    if _cancelled(error):
+        return error if isinstance(error, CancelledError) else CancelledError()
+    return connection_error(error) or error
 
 
 def _causes(error: BaseException) -> builtins.list[BaseException]:
@@ -483,14 +497,13 @@ class JobworkerClient:
                 await _raise_for(response, await treq.content(response))
             cursor.answered = True
             await treq.collect(response, cursor.deliver)
-        except CancelledError:
-            # treq's collect cannot be cancelled: stop writing now, and let
-            # the next chunk close the connection.
-            cursor.abandoned = True
-            raise
         except Exception as e:
-            translated = connection_error(e)
-            if translated is None:
+            if _cancelled(e):
+                # treq's collect cannot be cancelled: stop writing now, and
+                # let the next chunk close the connection.
+                cursor.abandoned = True
+            translated = _translated(e)
+            if translated is e:
                 raise
             raise translated from e
 
@@ -550,8 +563,8 @@ class JobworkerClient:
             response = await self._http.request(method, self._base + path, **kwargs)
             data = await treq.content(response)
         except Exception as e:
-            translated = connection_error(e)
-            if translated is None:
+            translated = _translated(e)
+            if translated is e:
                 raise
             raise translated from e
         if response.code >= 400:

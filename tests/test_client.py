@@ -414,6 +414,8 @@ def test_connection_error_leaves_others_alone() -> None:
     """Exceptions that are not about the connection are not translated."""
     assert connection_error(ValueError("x")) is None
     assert connection_error(CancelledError()) is None
+    cancelled = ResponseNeverReceived([Failure(CancelledError())])
+    assert connection_error(cancelled) is None
 
 
 class FollowTests(ClientTestCase):
@@ -637,6 +639,16 @@ class WaitTests(ClientTestCase):
         job = self.result(self.client.wait(JOB_ID))
         assert (job.status, job.signal) == ("stopped", 15)
         assert answers == []
+
+    def test_cancelled_wait_raises_cancelled_error(self) -> None:
+        """Cancelling wait() mid long-poll is a CancelledError, not a failure."""
+        self.route("GET", f"/v1/jobs/{JOB_ID}", answer(200, record()))
+        self.route("GET", f"/v1/jobs/{JOB_ID}/output", self.server.hold)
+        done = self.call(self.client.wait(JOB_ID))
+        self.stub.flush()
+        self.assertNoResult(done)
+        done.cancel()
+        self.failureResultOf(done, CancelledError)
 
     def test_wait_on_an_ended_job_answers_at_once(self) -> None:
         """An ended job's record comes back without reading output."""
