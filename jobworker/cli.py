@@ -625,7 +625,7 @@ def explain(error: BaseException, server: str) -> tuple[int, str | None]:
         return Exit.USAGE, f"invalid request: {error.message}"
     if isinstance(error, ApiError):
         return Exit.SERVER_ERROR, (
-            f"{where}server error {error.status} ({error.code}): {error.message}"
+            f"server error {error.status} ({error.code}): {error.message}"
         )
     if isinstance(error, CancelledError | KeyboardInterrupt):
         return Exit.INTERRUPTED, None
