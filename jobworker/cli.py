@@ -83,20 +83,13 @@ from jobworker.client import (
     NotFound,
     ServerNotTrusted,
 )
+from jobworker.job import JobStatus
 from jobworker.spec import ENV_NAME, InvalidSpec, parse_size
 from jobworker.tls import TLSConfigError
 
 PROG = "jobworker-client"
 STREAMS = ("combined", "stdout", "stderr")
-STATUSES = (
-    "running",
-    "stopping",
-    "exited",
-    "stopped",
-    "timed_out",
-    "failed_to_start",
-    "lost",
-)
+STATUSES = tuple(status.value for status in JobStatus)
 
 
 class Exit(enum.IntEnum):

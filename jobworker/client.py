@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IResponse
 
+from jobworker.job import JobStatus
 from jobworker.tls import StrPath, client_tls_policy
 
 DEFAULT_SERVER = "https://127.0.0.1:8443"
@@ -54,7 +55,9 @@ LONG_POLL_SECONDS = 30.0
 # without progress gives up.
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 CONNECT_TIMEOUT = 10.0
-ENDED = frozenset({"exited", "stopped", "timed_out", "failed_to_start", "lost"})
+# Statuses stay strings in records, so that a status a newer server adds
+# does not break this client.
+ENDED = frozenset(status.value for status in JobStatus if status.ended)
 
 
 # Errors
