@@ -9,9 +9,11 @@ running job with its grace period and wakes every reader.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,10 @@ from twisted.internet.defer import (
     DeferredList,
     succeed,
 )
-from twisted.internet.interfaces import IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
+from jobworker.diskspace import DiskSpace
 from jobworker.job import Job, JobStatus, new_job_id, utc_now
 from jobworker.launcher import (
     DEFAULT_JOB_PATH,
@@ -72,6 +75,10 @@ class IsolationUnavailable(JobError):
     """This host or process cannot isolate jobs as the settings ask."""
 
 
+class StorageFull(JobError):
+    """The data directory's disk has no room for a new job."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Server-wide knobs of the job library, with sane defaults."""
@@ -87,6 +94,11 @@ class Settings:
     # Each job in new PID, mount, UTS, IPC and network namespaces (needs
     # root). Without it jobs share the host's view: for development only.
     isolate: bool = True
+    # Space on the data directory's disk that job output may not use: it is
+    # kept for the job records (see jobworker.diskspace).
+    disk_reserve: int = 64 * MiB
+    # How often to retry writing records the database refused (disk full).
+    save_retry: float = 5.0
 
 
 class JobManager(Service):
@@ -109,6 +121,11 @@ class JobManager(Service):
         self._store: JobStore | None = None
         self._users: dict[str, User] = {}
         self._live: dict[str, RunningJob] = {}
+        self._space: DiskSpace | None = None
+        # Records the database refused (its disk was full), newest version
+        # of each, served from here and written again until it takes them.
+        self._unsaved: dict[str, Job] = {}
+        self._retry: IDelayedCall | None = None
         self._closing = False
 
     # Service
@@ -133,6 +150,7 @@ class JobManager(Service):
         if self._launcher is None:
             self._launcher = HelperLauncher(self._reactor)
         self._store = JobStore(self.data_dir / "jobworker.sqlite3")
+        self._space = DiskSpace(self.data_dir, self.settings.disk_reserve)
         for job in list(self._store.unfinished()):
             self._recover(job)
 
@@ -143,7 +161,7 @@ class JobManager(Service):
             ended_at=utc_now(),
             error="the server stopped while the job was running",
         )
-        self.store.save(lost)
+        self._save(lost)
         self.log.warn(
             "job {job_id} was running when the server stopped: marked lost,"
             " {killed} leftover processes killed",
@@ -156,6 +174,40 @@ class JobManager(Service):
         if self._store is None:
             raise RuntimeError("JobManager is not open")
         return self._store
+
+    def _save(self, job: Job) -> None:
+        """
+        Persist ``job``'s record; never raises. A running job's record must
+        change even when the database cannot take it (disk full): a job
+        whose stop failed to save would otherwise never be signalled, and one
+        whose end failed to save would never end. Such a record is kept in
+        memory, served from there, and written again later; if the server
+        dies first, the job is found ``lost`` at the next start, which is
+        what the database last knew.
+        """
+        try:
+            self.store.save(job)
+        except sqlite3.OperationalError as e:
+            if job.id not in self._unsaved:
+                self.log.error(
+                    "job {job_id}: cannot write its record, kept in memory until"
+                    " the database takes it: {error}",
+                    job_id=job.id,
+                    error=e,
+                )
+            self._unsaved[job.id] = job
+            if self._retry is None or not self._retry.active():
+                self._retry = self._clock.callLater(
+                    self.settings.save_retry, self._save_again
+                )
+        else:
+            self._unsaved.pop(job.id, None)
+
+    def _save_again(self) -> None:
+        for job in list(self._unsaved.values()):
+            self._save(job)
+        if not self._unsaved:
+            self.log.info("every job record is written again")
 
     # Jobs
 
@@ -170,6 +222,13 @@ class JobManager(Service):
             raise TooManyJobs(
                 f"{self.settings.max_running_jobs} jobs are running already"
             )
+        assert self._space is not None
+        if self._space.room() == 0:
+            raise StorageFull(
+                "no room for a new job: the data directory's disk has"
+                f" {self._space.free()} bytes free, and the last"
+                f" {self._space.reserve} are kept for job records"
+            )
         record = Job(
             id=new_job_id(),
             owner=owner,
@@ -178,18 +237,33 @@ class JobManager(Service):
             created_at=utc_now(),
             run_as=run_as,
         )
-        output = OutputLog.create(self._job_dir(record.id), self._clock)
+        try:
+            output = OutputLog.create(self._job_dir(record.id), self._clock)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(self._job_dir(record.id), ignore_errors=True)
+            raise StorageFull(f"no room for a new job's output: {e}") from e
         job = RunningJob(
             record,
             output,
             self._clock,
-            self.store.save,
+            self._save,
             self.settings.output_limit,
             self.settings.default_grace,
+            space=self._space,
         )
         # The record is written before the process exists: a crash from here
-        # on leaves a record to reconcile, never an unknown process.
-        self.store.save(record)
+        # on leaves a record to reconcile, never an unknown process. A record
+        # the database refuses means no job, unlike _save's later records.
+        try:
+            self.store.save(record)
+        except sqlite3.OperationalError as e:
+            output.close()
+            shutil.rmtree(self._job_dir(record.id), ignore_errors=True)
+            if e.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise StorageFull(f"no room for a new job's record: {e}") from e
         self._live[record.id] = job
         job.ended.when_fired().addBoth(self._forget, record.id)
         self._spawn(job)
@@ -248,6 +322,8 @@ class JobManager(Service):
         live = self._live.get(job_id)
         if live is not None:
             return live.record
+        if job_id in self._unsaved:
+            return self._unsaved[job_id]
         job = self.store.get(job_id) if _plausible_id(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
@@ -257,8 +333,12 @@ class JobManager(Service):
         self, owner: str | None = None, statuses: set[JobStatus] | None = None
     ) -> list[Job]:
         """Jobs oldest first, filtered by owner and status."""
-        jobs = self.store.list(owner, statuses)
-        return [self._live[j.id].record if j.id in self._live else j for j in jobs]
+        if not self._unsaved:
+            jobs = self.store.list(owner, statuses)
+            return [self._live[j.id].record if j.id in self._live else j for j in jobs]
+        # Some stored statuses are out of date: filter the current records.
+        current = [self.get(j.id) for j in self.store.list(owner)]
+        return [j for j in current if statuses is None or j.status in statuses]
 
     def output_sizes(self, job_id: str) -> dict[str, int]:
         return self.output_log(job_id).sizes()
@@ -316,6 +396,7 @@ class JobManager(Service):
         if not job.status.ended or job_id in self._live:
             raise JobConflict(f"job {job_id} is {job.status.value}: stop it first")
         shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
+        self._unsaved.pop(job_id, None)
         self.store.delete(job_id)
 
     def running_count(self) -> int:
@@ -331,6 +412,10 @@ class JobManager(Service):
             job.stop(None)
         if live:
             await DeferredList([job.ended.when_fired() for job in live])
+        if self._store is not None and self._unsaved:
+            self._save_again()  # a last try; what still fails is lost
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self._store is not None:
             self._store.close()
             self._store = None

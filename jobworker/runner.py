@@ -22,6 +22,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jobworker.diskspace import DiskSpace
 from jobworker.job import Job, JobStatus, utc_now
 from jobworker.launcher import STATUS_FD, LaunchRequest, describe_launch_error
 from jobworker.output import OutputLog, Stream
@@ -131,6 +132,7 @@ class RunningJob:
         output_limit: int,
         default_grace: float,
         make_killer: Callable[[int], Killer] | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
         self.record = record
         self.output = output
@@ -146,6 +148,8 @@ class RunningJob:
         self._timers: list[IDelayedCall] = []
         self._make_killer = make_killer or ProcessGroupKiller
         self._killer: Killer | None = None
+        self._space = space
+        self._output_cut = False
         self._finished = False
         # The record once the command runs or could not be run; at the end.
         self.started: Observer[Job] = Observer()
@@ -194,14 +198,24 @@ class RunningJob:
     # Output
 
     def output_received(self, stream: Stream, data: bytes) -> None:
-        if self._finished:
+        # Once some output was dropped, all that follows is: what is kept must
+        # be exactly the start of what the job wrote, never a piece after a
+        # gap (were the disk to have room again while the job is stopping).
+        if self._finished or self._output_cut:
             return
         room = self._output_limit - self.output.total
         if len(data) > room:
             data = data[: max(room, 0)]
-            self._stop_for(
-                f"output limit of {self._output_limit} bytes reached", grace=0
-            )
+            self._cut_output(f"output limit of {self._output_limit} bytes reached")
+        if self._space is not None:
+            granted = self._space.claim(len(data))
+            if granted < len(data):
+                data = data[:granted]
+                self._cut_output(
+                    "writing output failed: no space left on the data directory's"
+                    f" disk (the last {self._space.reserve} bytes are kept for job"
+                    " records)"
+                )
         if not data:
             return
         try:
@@ -210,7 +224,12 @@ class RunningJob:
             self.log.error(
                 "job {job_id}: cannot write output: {error}", job_id=self.id, error=e
             )
-            self._stop_for(f"writing output failed: {e.strerror}", grace=0)
+            self._cut_output(f"writing output failed: {e.strerror}")
+
+    def _cut_output(self, error: str) -> None:
+        """Keep no more output, and stop the job at once saying why."""
+        self._output_cut = True
+        self._stop_for(error, grace=0)
 
     # Stopping
 
