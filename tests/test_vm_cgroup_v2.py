@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from jobworker.linux import cgroups
+
 IN_VM = os.environ.get("JOBWORKER_CGROUP_V2_VM") == "1"
 if not IN_VM:
     pytest.skip(
@@ -85,6 +87,15 @@ def test_hierarchy_is_v2_only_with_the_controllers() -> None:
     for name in ("cgroup.controllers", "cgroup.subtree_control"):
         enabled = set((ROOT / name).read_text().split())
         assert {"cpu", "io", "memory", "pids"} <= enabled, name
+
+
+def test_jobworker_finds_v2_with_every_limit(tmp_path: Path) -> None:
+    """jobworker's detection picks the v2 driver here, with the scratch disk
+    for IO: so the real cgroup tests, run in the VM too, test that driver."""
+    driver = cgroups.detect(io_devices=cgroups.default_io_devices(str(tmp_path)))
+    assert isinstance(driver, cgroups.CgroupV2Driver), driver.describe()
+    assert {"cpu", "memory", "pids", "io"} <= set(driver.available())
+    assert [f"{a}:{b}" for a, b in driver.io_devices] == [disk_of(tmp_path)]
 
 
 def test_memory_max_ends_an_allocation_by_the_oom_killer(cgroup: Path) -> None:
