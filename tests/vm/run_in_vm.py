@@ -391,9 +391,13 @@ def _boot(command: list[str], timeout: float, qemu_log: Path) -> float:
         try:
             code = qemu.wait(timeout)
         except subprocess.TimeoutExpired:
-            qemu.kill()
-            qemu.wait()
             raise VMError(f"the VM did not power off within {timeout:.0f} s") from None
+        finally:
+            # Also when interrupted (Ctrl-C, a test runner's own timeout):
+            # no VM outlives its run.
+            if qemu.poll() is None:
+                qemu.kill()
+                qemu.wait()
     if code != 0:
         raise VMError(f"{QEMU} exited with {code}: {qemu_log.read_text().strip()}")
     return time.monotonic() - start
