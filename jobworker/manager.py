@@ -28,6 +28,7 @@ from twisted.internet.defer import (
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
+from jobworker.confinement import Confinement
 from jobworker.diskspace import DiskSpace
 from jobworker.job import Job, JobStatus, new_job_id, utc_now
 from jobworker.launcher import (
@@ -40,6 +41,7 @@ from jobworker.launcher import (
     resolve_command,
     resolve_user,
 )
+from jobworker.linux.cgroups import CgroupError
 from jobworker.output import OutputChunk, OutputLog, Stream
 from jobworker.runner import JobProcessProtocol, RunningJob, process_start_time
 from jobworker.spec import JobSpec
@@ -99,6 +101,10 @@ class Settings:
     disk_reserve: int = 64 * MiB
     # How often to retry writing records the database refused (disk full).
     save_retry: float = 5.0
+    # Each job in its own cgroup, where the host has cgroups: limits, usage,
+    # and stops that reach every process. Off, jobs asking for limits are
+    # refused.
+    cgroups: bool = True
 
 
 class JobManager(Service):
@@ -120,6 +126,7 @@ class JobManager(Service):
         self._launcher = launcher
         self._store: JobStore | None = None
         self._users: dict[str, User] = {}
+        self.confinement = Confinement.none(self._clock, "not open yet")
         self._live: dict[str, RunningJob] = {}
         self._space: DiskSpace | None = None
         # Records the database refused (its disk was full), newest version
@@ -151,8 +158,14 @@ class JobManager(Service):
             self._launcher = HelperLauncher(self._reactor)
         self._store = JobStore(self.data_dir / "jobworker.sqlite3")
         self._space = DiskSpace(self.data_dir, self.settings.disk_reserve)
-        for job in list(self._store.unfinished()):
+        if self.settings.cgroups:
+            self.confinement = Confinement.detect(str(self.data_dir), self._clock)
+        else:
+            self.confinement = Confinement.none(self._clock, "cgroups are turned off")
+        lost = list(self._store.unfinished())
+        for job in lost:
             self._recover(job)
+        self.confinement.reclaim({job.id for job in lost})
 
     def _recover(self, job: Job) -> None:
         killed = kill_session(job.pid, job.pid_start_time)
@@ -229,6 +242,7 @@ class JobManager(Service):
                 f" {self._space.free()} bytes free, and the last"
                 f" {self._space.reserve} are kept for job records"
             )
+        self.confinement.check(spec.limits)
         record = Job(
             id=new_job_id(),
             owner=owner,
@@ -292,8 +306,16 @@ class JobManager(Service):
         except OSError as e:
             job.fail_to_start(describe_os_error("exec", spec.command, e.errno or 0))
             return
+        try:
+            confinement = self.confinement.create(job.id, spec.limits)
+        except CgroupError as e:
+            job.fail_to_start(f"cgroup: {e}")
+            return
+        if confinement is not None:
+            job.confine(confinement)
         request = LaunchRequest(
             executable=executable,
+            cgroup_procs=() if confinement is None else confinement.procs_paths(),
             argv=(spec.command, *spec.args),
             env=env,
             cwd=spec.cwd,
@@ -303,13 +325,14 @@ class JobManager(Service):
             gid=None if user is None else user.gid,
             groups=() if user is None else user.groups,
         )
+        job.request = request
         try:
             assert self._launcher is not None
-            transport = self._launcher.launch(JobProcessProtocol(job), request)
+            self._launcher.launch(JobProcessProtocol(job), request)
         except OSError as e:
             job.fail_to_start(describe_os_error("spawn", spec.command, e.errno or 0))
             return
-        job.attach(transport, request)
+        job.attach()
 
     def _forget(self, result: object, job_id: str) -> object:
         self._live.pop(job_id, None)

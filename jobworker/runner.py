@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobworker.diskspace import DiskSpace
-from jobworker.job import Job, JobStatus, utc_now
+from jobworker.job import Job, JobStatus, Usage, utc_now
 from jobworker.launcher import STATUS_FD, LaunchRequest, describe_launch_error
 from jobworker.output import OutputLog, Stream
 
@@ -38,6 +38,13 @@ class Killer(Protocol):
 
     def leader_exited(self) -> None:
         """The spawned process was reaped; its pid is no longer ours."""
+
+
+class Confined(Killer, Protocol):
+    """A job's cgroup: signals every process, and counts what they used."""
+
+    def finish(self) -> tuple[Usage | None, bool]:
+        """Usage and whether the OOM killer struck; cleans up."""
 
 
 class ProcessGroupKiller:
@@ -77,6 +84,7 @@ class JobProcessProtocol(ProcessProtocol):
         # Jobs get no input: their stdin reads as end of file.
         assert self.transport is not None
         self.transport.closeStdin()
+        self._job.spawned(self.transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         stream = STREAM_OF_FD.get(childFD)
@@ -141,6 +149,7 @@ class RunningJob:
         self._output_limit = output_limit
         self._default_grace = default_grace
         self.transport: IProcessTransport | None = None
+        self.request: LaunchRequest | None = None
         self._launch_error: str | None = None
         self._launched = False
         self._ending_status = JobStatus.EXITED
@@ -150,6 +159,7 @@ class RunningJob:
         self._killer: Killer | None = None
         self._space = space
         self._output_cut = False
+        self._confinement: Confined | None = None
         self._finished = False
         # The record once the command runs or could not be run; at the end.
         self.started: Observer[Job] = Observer()
@@ -166,12 +176,26 @@ class RunningJob:
 
     # Launch
 
-    def attach(self, transport: IProcessTransport, request: LaunchRequest) -> None:
+    def confine(self, confinement: Confined) -> None:
+        """Reach the job's processes through its cgroup, not its PIDs."""
+        self._confinement = confinement
+        self._make_killer = lambda pid: confinement
+
+    def spawned(self, transport: IProcessTransport) -> None:
+        """
+        The process exists. Called from the protocol's connectionMade: for a
+        process that ends at once Twisted may report its end before
+        spawnProcess even returns, so this cannot wait for that.
+        """
         self.transport = transport
-        self.request = request
         assert transport.pid is not None
         self._killer = self._make_killer(transport.pid)
         self._set(pid=transport.pid, pid_start_time=process_start_time(transport.pid))
+
+    def attach(self) -> None:
+        """spawnProcess returned: arm the timeout, unless it is all over."""
+        if self._finished:
+            return
         if self.record.spec.timeout is not None:
             self._timers.append(
                 self._reactor.callLater(self.record.spec.timeout, self._time_out)
@@ -181,6 +205,7 @@ class RunningJob:
         if line == "running":  # an isolated job's init exec'd the command
             self.launch_confirmed()
         elif line.startswith("error ") and not self._launched:
+            assert self.request is not None
             self._launch_error = describe_launch_error(line, self.request)
 
     def launch_confirmed(self) -> None:
@@ -287,6 +312,9 @@ class RunningJob:
             if timer.active():
                 timer.cancel()
         self.output.close()
+        if self._confinement is not None:
+            usage, oom_killed = self._confinement.finish()
+            self._set(usage=usage, oom_killed=oom_killed)
         if self._launch_error is not None:
             self._set(
                 status=JobStatus.FAILED_TO_START,

@@ -9,10 +9,9 @@ inherit whatever group, session or namespace they move to: scanning the host
 for it finds every process the job made, also the ones that escaped.
 
 Each test runs isolated (namespaces, as nobody, root needed) and plain
-(``Settings(isolate=False)``, as the server's user). Without isolation only a
-process group ties a job's processes together, so a child that calls
-``setsid`` or ``setpgid`` escapes stop: the tests that show it are expected
-to fail in that mode until jobs run in cgroups.
+(``Settings(isolate=False)``, as the server's user). Either way the job's
+cgroup holds all its processes together, so a child that calls ``setsid`` or
+``setpgid`` does not escape stop; those tests need root in both modes.
 """
 
 from __future__ import annotations
@@ -43,12 +42,9 @@ MiB = 1 << 20
 
 ISOLATED = pytest.param(True, marks=pytest.mark.root, id="isolated")
 PLAIN = pytest.param(False, id="plain")
-NEEDS_CGROUPS = pytest.mark.xfail(
-    strict=True,
-    reason="without namespaces a process group is all that holds a job"
-    " together: a child that leaves it escapes stop until jobs run in cgroups",
-)
-PLAIN_NEEDS_CGROUPS = pytest.param(False, id="plain", marks=NEEDS_CGROUPS)
+# Without namespaces, only the job's cgroup holds a child that left its
+# process group or session: cgroups need root.
+PLAIN_NEEDS_CGROUPS = pytest.param(False, id="plain", marks=pytest.mark.root)
 
 
 class Hostile:
@@ -138,7 +134,7 @@ def hostile(request: pytest.FixtureRequest, make: Any) -> Hostile:
 
 @pytest.fixture(params=[ISOLATED, PLAIN_NEEDS_CGROUPS])
 def escapable(request: pytest.FixtureRequest, make: Any) -> Hostile:
-    """Like ``hostile``; without isolation the test is expected to fail."""
+    """Like ``hostile``; without isolation only the cgroup holds the job."""
     result: Hostile = make(request.param)
     return result
 

@@ -72,8 +72,8 @@ class RunningJobTests(SynchronousTestCase):
         transport = FakeTransport()
         self.protocol.makeConnection(transport)
         assert transport.stdin_closed
-        request = LaunchRequest("/bin/sleep", ("sleep", "1000"), cwd="/x")
-        job.attach(transport, request)  # type: ignore[arg-type]
+        job.request = LaunchRequest("/bin/sleep", ("sleep", "1000"), cwd="/x")
+        job.attach()
         return job
 
     def end(self, exit_code: int | None = 0, sig: int | None = None) -> None:

@@ -142,7 +142,10 @@ def make_manager(tmp_path: Path) -> Iterator[Any]:
     def make(**isolation: Any) -> JobManager:
         launcher = IsolatingLauncher(isolate=True, **isolation)
         data = tmp_path / f"data{len(managers)}"
-        m = JobManager(reactor, data, Settings(default_grace=2), launcher=launcher)
+        # A test that gives its own cgroup must not get the manager's too.
+        cgroups = "cgroup_procs" not in isolation
+        settings = Settings(default_grace=2, cgroups=cgroups)
+        m = JobManager(reactor, data, settings, launcher=launcher)
         m.open()
         managers.append(m)
         return m

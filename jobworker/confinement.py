@@ -1,0 +1,211 @@
+"""
+Each job's cgroup, from creation to removal, as the job library needs it.
+
+The manager asks for a job's confinement before spawning; the launch helper
+joins the job to it before the command's first instruction (the
+``cgroup.procs`` paths go into the launch request). Stopping signals every
+process of the cgroup, so nothing a job forked, double-forked or ``setsid``-ed
+escapes. When the job ends, its usage is read, anything left is killed, and
+the cgroup is removed; a cgroup whose last process is still dying is tried
+again a little later, a bounded number of times.
+
+Where no cgroups can be had, jobs still run, but a job that asks for limits is
+refused (``LimitsUnavailable``): a limit that silently does nothing is worse
+than a clear no.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from jobworker.job import Usage
+from jobworker.linux.cgroups import (
+    CgroupDriver,
+    CgroupError,
+    CgroupLimits,
+    CgroupUnavailable,
+    JobCgroup,
+    default_io_devices,
+    detect,
+)
+from jobworker.spec import Limits
+
+# A cgroup whose processes are still being torn down is removed again after
+# these delays (seconds); past the last one it is left for the next start.
+REMOVE_RETRIES = (0.05, 0.2, 1.0, 5.0)
+
+
+class LimitsUnavailable(Exception):
+    """A job asked for limits this host cannot enforce."""
+
+
+class JobConfinement:
+    """One job's cgroup: its limits, its signals, its usage."""
+
+    log = Logger()
+
+    def __init__(self, cgroup: JobCgroup, clock: IReactorTime) -> None:
+        self.cgroup = cgroup
+        self._clock = clock
+
+    def procs_paths(self) -> tuple[str, ...]:
+        return tuple(self.cgroup.procs_paths())
+
+    # The runner's Killer interface: every process of the job, through the
+    # cgroup, never a PID that may since belong to someone else.
+
+    def signal(self, number: int) -> None:
+        try:
+            if number == signal.SIGKILL:
+                self.cgroup.kill_all()
+            else:
+                self.cgroup.signal_all(number)
+        except CgroupError as e:
+            self.log.error(
+                "job {job_id}: cannot signal its cgroup: {error}",
+                job_id=self.cgroup.job_id,
+                error=e,
+            )
+
+    def leader_exited(self) -> None:
+        """Nothing to forget: the cgroup knows its members, not our PID."""
+
+    def finish(self) -> tuple[Usage | None, bool]:
+        """Read usage, end what is left, remove the cgroup (maybe later)."""
+        try:
+            counted = self.cgroup.usage()
+        except CgroupError as e:
+            self.log.error(
+                "job {job_id}: cannot read its usage: {error}",
+                job_id=self.cgroup.job_id,
+                error=e,
+            )
+            self._remove(0)
+            return None, False
+        self._remove(0)
+        usage = Usage(
+            cpu_seconds=round(counted.cpu_seconds, 6),
+            memory_peak=counted.memory_peak,
+            io_read_bytes=counted.io_read_bytes,
+            io_write_bytes=counted.io_write_bytes,
+        )
+        return usage, counted.oom_killed
+
+    def _remove(self, attempt: int) -> None:
+        try:
+            if not self.cgroup.is_empty():
+                self.cgroup.kill_all()
+            if self.cgroup.remove():
+                return
+        except CgroupError as e:
+            self.log.warn(
+                "job {job_id}: removing its cgroup: {error}",
+                job_id=self.cgroup.job_id,
+                error=e,
+            )
+        if attempt < len(REMOVE_RETRIES):
+            self._clock.callLater(REMOVE_RETRIES[attempt], self._remove, attempt + 1)
+        else:
+            self.log.warn(
+                "job {job_id}: its cgroup is still busy; left for the next start",
+                job_id=self.cgroup.job_id,
+            )
+
+
+class Confinement:
+    """The host's cgroups, or the reason there are none."""
+
+    log = Logger()
+
+    def __init__(
+        self, driver: CgroupDriver | None, reason: str, clock: IReactorTime
+    ) -> None:
+        self.driver = driver
+        self.reason = reason
+        self._clock = clock
+
+    @classmethod
+    def detect(cls, data_dir: str, clock: IReactorTime) -> Confinement:
+        """Find this host's cgroups; IO limits apply to the data dir's disk."""
+        try:
+            driver = detect(io_devices=default_io_devices(data_dir))
+            driver.prepare()
+        except (CgroupUnavailable, CgroupError, OSError) as e:
+            cls.log.warn(
+                "no cgroups: jobs asking for limits will be refused ({reason})",
+                reason=e,
+            )
+            return cls(None, str(e), clock)
+        cls.log.info("cgroups: {driver}", driver=driver.describe())
+        return cls(driver, "", clock)
+
+    @classmethod
+    def none(cls, clock: IReactorTime, reason: str) -> Confinement:
+        return cls(None, reason, clock)
+
+    def check(self, limits: Limits) -> None:
+        """Refuse limits that cannot be enforced here."""
+        if limits.is_empty():
+            return
+        if self.driver is None:
+            raise LimitsUnavailable(f"limits cannot be enforced: {self.reason}")
+        available = set(self.driver.available())
+        wanted = {
+            "cpu": limits.cpu is not None,
+            "memory": limits.memory is not None,
+            "pids": limits.pids is not None,
+            "io": not limits.io.is_empty(),
+        }
+        missing = sorted(
+            name for name, asked in wanted.items() if asked and name not in available
+        )
+        if missing:
+            raise LimitsUnavailable(
+                f"limits.{missing[0]} cannot be enforced on this host"
+                f" (cgroups here offer: {', '.join(sorted(available)) or 'nothing'})"
+            )
+
+    def create(self, job_id: str, limits: Limits) -> JobConfinement | None:
+        """A cgroup for a new job, limited; None where there are no cgroups."""
+        if self.driver is None:
+            return None
+        cgroup = self.driver.create(job_id)
+        try:
+            cgroup.set_limits(
+                CgroupLimits(
+                    cpu=limits.cpu,
+                    memory=limits.memory,
+                    pids=limits.pids,
+                    read_bps=limits.io.read_bps,
+                    write_bps=limits.io.write_bps,
+                    read_iops=limits.io.read_iops,
+                    write_iops=limits.io.write_iops,
+                )
+            )
+        except BaseException:
+            cgroup.remove()
+            raise
+        return JobConfinement(cgroup, self._clock)
+
+    def reclaim(self, job_ids: set[str]) -> int:
+        """
+        Kill and remove the cgroups of ``job_ids`` (jobs a previous server
+        left behind). Only jobs this server's store knows: another server
+        sharing the cgroup parent keeps its own.
+        """
+        if self.driver is None:
+            return 0
+        reclaimed = 0
+        for job_id in set(self.driver.leftovers()) & job_ids:
+            try:
+                cgroup = self.driver.open(job_id)
+                JobConfinement(cgroup, self._clock)._remove(0)
+                reclaimed += 1
+            except CgroupError as e:
+                self.log.warn(
+                    "leftover cgroup of job {job_id}: {error}", job_id=job_id, error=e
+                )
+        return reclaimed

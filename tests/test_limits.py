@@ -1,0 +1,207 @@
+"""Jobs in their cgroups, for real: limits enforced, usage recorded, nothing
+escapes a stop, nothing left behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+
+from jobworker.confinement import LimitsUnavailable
+from jobworker.job import JobStatus
+from jobworker.manager import JobManager, Settings
+from jobworker.output import Stream
+from jobworker.spec import parse_job_spec
+
+reactor: Any = global_reactor
+PYTHON = "/usr/bin/python3"  # readable by the unprivileged job user
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[JobManager]:
+    m = JobManager(reactor, tmp_path, Settings(default_grace=5))
+    m.open()
+    assert m.confinement.driver is not None, m.confinement.reason
+    yield m
+    pytest_twisted.blockon(Deferred.fromCoroutine(m.shutdown()))
+
+
+async def run(manager: JobManager, **fields: Any) -> Any:
+    job = await manager.start(parse_job_spec(fields), "alice", run_as="nobody")
+    return await manager.wait(job.id)
+
+
+def cgroup_dirs(job_id: str) -> list[Path]:
+    """Every directory named after the job in any cgroup hierarchy."""
+    return [
+        p for p in Path("/sys/fs/cgroup").glob(f"**/jobworker/{job_id}") if p.is_dir()
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_limit_is_an_oom_kill(manager: JobManager) -> None:
+    """Allocating past the memory limit is killed by the kernel, and the
+    record says so."""
+    ended = await run(
+        manager,
+        command=PYTHON,
+        args=["-c", "b = bytearray(256 << 20); print(len(b))"],
+        limits={"memory": "32M"},
+    )
+    assert (ended.status, ended.signal, ended.oom_killed) == (
+        JobStatus.EXITED,
+        signal.SIGKILL,
+        True,
+    )
+    assert ended.usage is not None
+    assert ended.usage.memory_peak is not None
+    assert ended.usage.memory_peak <= 32 << 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_pids_limit_refuses_forks(manager: JobManager) -> None:
+    """A fork bomb under a pids limit is refused forks, and is contained."""
+    script = (
+        "import os\n"
+        "n = 0\n"
+        "try:\n"
+        "    for _ in range(100):\n"
+        "        if os.fork() == 0:\n"
+        "            os.execv('/bin/sleep', ['sleep', '30'])\n"
+        "        n += 1\n"
+        "except BlockingIOError:\n"
+        "    print('refused after', n)\n"
+    )
+    job = await manager.start(
+        parse_job_spec(
+            {"command": PYTHON, "args": ["-c", script], "limits": {"pids": 8}}
+        ),
+        "alice",
+        run_as="nobody",
+    )
+    chunk = await manager.read_output(job.id, Stream.STDOUT, wait=20)
+    # the init and python itself count too
+    assert chunk.data.startswith(b"refused after ")
+    assert int(chunk.data.split()[-1]) <= 6
+    manager.stop(job.id, grace=1)
+    ended = await manager.wait(job.id)
+    assert ended.status is JobStatus.STOPPED
+
+
+@pytest_twisted.ensureDeferred
+async def test_usage_is_recorded(manager: JobManager) -> None:
+    """CPU time used is read from the cgroup into the record."""
+    ended = await run(
+        manager,
+        command=PYTHON,
+        args=[
+            "-c",
+            "import time\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass",
+        ],
+    )
+    assert ended.status is JobStatus.EXITED
+    assert ended.usage is not None
+    assert 0.25 <= ended.usage.cpu_seconds < 5
+    assert ended.oom_killed is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_reaches_setsid_and_double_forked(manager: JobManager) -> None:
+    """Stop ends processes that left the job's session and process group."""
+    script = "setsid sleep 1000 & (sleep 1000 &) ; echo ready; wait"
+    job = await manager.start(
+        parse_job_spec({"command": "/bin/sh", "args": ["-c", script]}),
+        "alice",
+        run_as="nobody",
+    )
+    await manager.read_output(job.id, wait=10)
+    (directory,) = [d for d in cgroup_dirs(job.id) if "pids" in str(d)]
+    pids = [int(p) for p in (directory / "cgroup.procs").read_text().split()]
+    assert len(pids) >= 4
+    procs = [psutil.Process(p) for p in pids]
+    manager.stop(job.id, grace=5)
+    ended = await manager.wait(job.id)
+    assert ended.status is JobStatus.STOPPED
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    assert alive == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cgroup_removed_after_the_job(manager: JobManager) -> None:
+    """A job's cgroups exist while it runs and are gone after it ends."""
+    job = await manager.start(
+        parse_job_spec({"command": "sleep", "args": ["1000"], "limits": {"cpu": 0.5}}),
+        "alice",
+        run_as="nobody",
+    )
+    dirs = cgroup_dirs(job.id)
+    assert dirs
+    quota = [d for d in dirs if (d / "cpu.cfs_quota_us").exists()]
+    assert [(d / "cpu.cfs_quota_us").read_text().strip() for d in quota] == ["50000"]
+    manager.stop(job.id, grace=1)
+    await manager.wait(job.id)
+    for _ in range(100):
+        if not cgroup_dirs(job.id):
+            break
+        await deferLater(reactor, 0.05, lambda: None)
+    assert cgroup_dirs(job.id) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_refused_without_cgroups(tmp_path: Path) -> None:
+    """Where cgroups are off, a job asking for limits is refused, and nothing runs."""
+    m = JobManager(reactor, tmp_path, Settings(cgroups=False))
+    m.open()
+    try:
+        with pytest.raises(LimitsUnavailable, match="limits cannot be enforced"):
+            await m.start(
+                parse_job_spec({"command": "true", "limits": {"pids": 5}}), "a"
+            )
+        assert m.list() == []
+        job = await m.start(parse_job_spec({"command": "true"}), "a")
+        assert (await m.wait(job.id)).status is JobStatus.EXITED
+    finally:
+        await m.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_crashed_servers_cgroup_reclaimed(tmp_path: Path) -> None:
+    """A job lost with its server: its cgroup is emptied and removed at the
+    next start."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.crashing_server", str(tmp_path),
+         "/bin/sh", "-c", "echo up; setsid sleep 1000 & sleep 1000"],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        job_id = server.stdout.readline().decode().strip()
+    finally:
+        server.kill()
+        server.wait()
+    assert cgroup_dirs(job_id)
+    again = JobManager(reactor, tmp_path)
+    again.open()
+    try:
+        assert again.get(job_id).status is JobStatus.LOST
+        # removal may take a moment while the killed processes leave
+        for _ in range(100):
+            if not cgroup_dirs(job_id):
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        assert cgroup_dirs(job_id) == []
+    finally:
+        again.store.close()
