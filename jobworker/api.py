@@ -33,6 +33,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from jobworker.auth import Action, Forbidden, Identity, Policy, Role, check_ceilings
+from jobworker.confinement import LimitsUnavailable
 from jobworker.job import Job, JobStatus
 from jobworker.manager import (
     JobConflict,
@@ -103,6 +104,8 @@ def api_error(error: Exception) -> ApiError | None:
         return ApiError(429, "too_many_jobs", str(error), {"Retry-After": "1"})
     if isinstance(error, ShuttingDown):
         return ApiError(503, "shutting_down", str(error))
+    if isinstance(error, LimitsUnavailable):
+        return ApiError(503, "limits_unavailable", str(error))
     return None
 
 

@@ -49,6 +49,7 @@ from jobworker.auth import (
     PermissionDenied,
     Role,
 )
+from jobworker.confinement import LimitsUnavailable
 from jobworker.job import Job, JobStatus, Usage
 from jobworker.manager import JobConflict, JobNotFound, ShuttingDown, TooManyJobs
 from jobworker.output import OffsetOutOfRange, OutputChunk, OutputLog, Stream
@@ -96,6 +97,7 @@ EXCEPTION_STATUS: dict[type[Exception], int] = {
     OffsetOutOfRange: 416,
     TooManyJobs: 429,
     ShuttingDown: 503,
+    LimitsUnavailable: 503,
 }
 
 # The statuses each call a handler makes can lead to (besides the handler's
