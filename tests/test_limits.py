@@ -3,6 +3,7 @@ escapes a stop, nothing left behind."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -44,9 +45,12 @@ async def run(manager: JobManager, **fields: Any) -> Any:
 
 def cgroup_dirs(job_id: str) -> list[Path]:
     """Every directory named after the job in any cgroup hierarchy."""
-    return [
-        p for p in Path("/sys/fs/cgroup").glob(f"**/jobworker/{job_id}") if p.is_dir()
-    ]
+    found = []
+    # Errors ignored: cgroups of other jobs come and go during the walk.
+    for directory, subdirs, _ in os.walk("/sys/fs/cgroup", onerror=lambda e: None):
+        if Path(directory).name == "jobworker" and job_id in subdirs:
+            found.append(Path(directory) / job_id)
+    return found
 
 
 @pytest_twisted.ensureDeferred
