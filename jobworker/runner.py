@@ -28,6 +28,7 @@ from jobworker.launcher import STATUS_FD, LaunchRequest, describe_launch_error
 from jobworker.output import OutputLog, Stream
 
 STREAM_OF_FD = {1: Stream.STDOUT, 2: Stream.STDERR}
+GO_AHEAD = b"g"
 T = TypeVar("T")
 
 
@@ -81,9 +82,7 @@ class JobProcessProtocol(ProcessProtocol):
         self._reported_end: Failure | None = None
 
     def connectionMade(self) -> None:
-        # Jobs get no input: their stdin reads as end of file.
         assert self.transport is not None
-        self.transport.closeStdin()
         self._job.spawned(self.transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -191,6 +190,12 @@ class RunningJob:
         assert transport.pid is not None
         self._killer = self._make_killer(transport.pid)
         self._set(pid=transport.pid, pid_start_time=process_start_time(transport.pid))
+        # Only now that the record names the process may it go on (see the
+        # go-ahead in exec.c): a crash of the server before this line leaves
+        # a helper that exits at end of file, not a job no one can find.
+        # Then stdin closes: jobs get no input, it reads as end of file.
+        transport.writeToChild(0, GO_AHEAD)
+        transport.closeStdin()
 
     def attach(self) -> None:
         """spawnProcess returned: arm the timeout, unless it is all over."""

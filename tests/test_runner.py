@@ -22,8 +22,15 @@ from jobworker.spec import JobSpec
 class FakeTransport:
     pid = 4242
 
-    def __init__(self) -> None:
+    def __init__(self, saved: list[Job]) -> None:
+        self.saved = saved
+        self.stdin: list[tuple[bytes, int | None]] = []
         self.stdin_closed = False
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        # Record which pid the stored record named when the bytes went out.
+        assert fd == 0
+        self.stdin.append((data, self.saved[-1].pid if self.saved else None))
 
     def closeStdin(self) -> None:
         self.stdin_closed = True
@@ -69,9 +76,10 @@ class RunningJobTests(SynchronousTestCase):
             make_killer=lambda pid: FakeKiller(self),
         )
         self.protocol = JobProcessProtocol(job)
-        transport = FakeTransport()
+        transport = FakeTransport(self.saved)
         self.protocol.makeConnection(transport)
-        assert transport.stdin_closed
+        # The go-ahead once the stored record names the process; then EOF.
+        assert (transport.stdin, transport.stdin_closed) == ([(b"g", 4242)], True)
         job.request = LaunchRequest("/bin/sleep", ("sleep", "1000"), cwd="/x")
         job.attach()
         return job

@@ -34,9 +34,16 @@
  * Without --isolate, --uid and --cgroup-procs the helper does what it always
  * did: setsid, chdir, exec.
  *
+ * Go-ahead. Before anything else the helper reads one byte from stdin. The
+ * server sends it once the job's record names this process (its pid), then
+ * closes stdin, which the command sees as end of file. A server that dies
+ * before that leaves end of file instead: its record cannot name the
+ * process, so no one would ever find and kill the job; the helper exits
+ * having done nothing.
+ *
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
- *       stage: cgroup setsid pidns unshare mount hostname lo pipe fork
+ *       stage: go cgroup setsid pidns unshare mount hostname lo pipe fork
  *              setgroups setgid setuid prctl chdir exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
@@ -221,6 +228,17 @@ static void parse_options(struct options *o, int argc, char **argv)
 }
 
 /* Setup, in the helper */
+
+static void wait_for_go(void)
+{
+    char go;
+    ssize_t n;
+    do
+        n = read(0, &go, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1)
+        fail("go", n < 0 ? errno : EPIPE);
+}
 
 static void join_cgroups(const struct options *o)
 {
@@ -467,6 +485,7 @@ int main(int argc, char **argv)
     if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0)
         usage();
 
+    wait_for_go();
     join_cgroups(&o);
 
     /* Own session and process group: stop signals the whole group. The
