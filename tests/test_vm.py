@@ -20,7 +20,13 @@ from tests.vm import run_in_vm
 
 # What the guest runs, relative to the checkout: the tests that need root in
 # these files; those of the real cgroups find the v2 hierarchy there.
-GUEST_TESTS = ("tests/test_vm_cgroup_v2.py", "tests/test_cgroups.py", "-m", "root")
+GUEST_TESTS = (
+    "tests/test_vm_cgroup_v2.py",
+    "tests/test_cgroups.py",
+    "tests/test_limits.py",
+    "-m",
+    "root",
+)
 GUEST_ENV = {
     # Only the plugins named on the command line: the others' imports cost
     # seconds each under emulation, and the guest tests need none of them.
@@ -41,7 +47,12 @@ class VMWarning(UserWarning):
 def guest_pytest() -> list[str]:
     # The host's interpreter is at the same path in the guest (same root);
     # the root is read-only there: no cache directory, no bytecode files.
-    plugins = ["no:cacheprovider", "pytest_timeout", "tests.vm.no_skips"]
+    plugins = [
+        "no:cacheprovider",
+        "pytest_timeout",
+        "pytest_twisted",
+        "tests.vm.no_skips",
+    ]
     options = [arg for p in plugins for arg in ("-p", p)] + ["-v", "-rs", "--color=no"]
     return [sys.executable, "-m", "pytest", *options, *GUEST_TESTS]
 
