@@ -1,0 +1,1 @@
+"""jobworker's benchmarks: ``scripts/bench`` (``python -m benchmarks``)."""
