@@ -202,10 +202,13 @@ async def test_crashed_servers_cgroup_reclaimed(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait()
-    assert cgroup_dirs(job_id)
+    # Opening the data directory again reclaims the job: do it before any
+    # assertion, so that a failing test leaves nothing running.
+    existed = bool(cgroup_dirs(job_id))
     again = JobManager(reactor, tmp_path)
     again.open()
     try:
+        assert existed
         assert again.get(job_id).status is JobStatus.LOST
         # removal may take a moment while the killed processes leave
         for _ in range(100):
