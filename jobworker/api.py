@@ -41,6 +41,7 @@ from jobworker.manager import (
     JobNotFound,
     MiB,
     ShuttingDown,
+    StorageFull,
     TooManyJobs,
 )
 from jobworker.output import OffsetOutOfRange, OutputLog, Stream
@@ -106,6 +107,8 @@ def api_error(error: Exception) -> ApiError | None:
         return ApiError(503, "shutting_down", str(error))
     if isinstance(error, LimitsUnavailable):
         return ApiError(503, "limits_unavailable", str(error))
+    if isinstance(error, StorageFull):
+        return ApiError(503, "storage_full", str(error), {"Retry-After": "60"})
     return None
 
 

@@ -51,7 +51,13 @@ from jobworker.auth import (
 )
 from jobworker.confinement import LimitsUnavailable
 from jobworker.job import Job, JobStatus, Usage
-from jobworker.manager import JobConflict, JobNotFound, ShuttingDown, TooManyJobs
+from jobworker.manager import (
+    JobConflict,
+    JobNotFound,
+    ShuttingDown,
+    StorageFull,
+    TooManyJobs,
+)
 from jobworker.output import OffsetOutOfRange, OutputChunk, OutputLog, Stream
 from jobworker.spec import (
     InvalidSpec,
@@ -98,6 +104,7 @@ EXCEPTION_STATUS: dict[type[Exception], int] = {
     TooManyJobs: 429,
     ShuttingDown: 503,
     LimitsUnavailable: 503,
+    StorageFull: 503,
 }
 
 # The statuses each call a handler makes can lead to (besides the handler's
