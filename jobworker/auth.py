@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)$", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+from jobworker.spec import SIZE_UNITS, InvalidSpec, parse_size
+
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # What useradd accepts, near enough; the launcher finds out if it exists.
 UNIX_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
@@ -378,18 +378,15 @@ def _count(value: object, path: str) -> int | None:
 
 
 def _size(value: object, path: str) -> int | None:
-    """Bytes (or bytes per second): a whole number, or such as "512M", "2G"."""
+    """Bytes (or bytes per second), written as job requests write them."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        match = SIZE.match(value.strip())
-        if match:
-            number = float(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
-            if number >= 1:
-                return int(number)
-    raise _Invalid(path, 'must be a positive size such as 536870912 or "512M"')
+    try:
+        return parse_size(value, path)
+    except InvalidSpec:
+        raise _Invalid(
+            path, 'must be a positive size such as 536870912 or "512M"'
+        ) from None
 
 
 def _table(value: object, path: str) -> dict[str, Any]:

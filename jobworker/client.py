@@ -9,9 +9,10 @@ A client library for the jobworker HTTPS API, on treq.
     await client.follow(job.id, sys.stdout.buffer.write)
     job = await client.wait(job.id)
 
-One method per API call, typed results (:class:`JobRecord`,
-:class:`OutputChunk`) and typed errors: :class:`ApiError` and its subclasses
-for the server's answers, :class:`ConnectionFailed`,
+One method per API call, typed results (:class:`JobRecord`, and the
+server's own :class:`~jobworker.output.OutputChunk`) and typed errors:
+:class:`ApiError` and its subclasses for the server's answers,
+:class:`ConnectionFailed`,
 :class:`ServerNotTrusted` and :class:`CertificateRejected` for what goes
 wrong before there is an answer. :func:`connection_error` is the one place
 where Twisted's and OpenSSL's exceptions become ours.
@@ -44,6 +45,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IResponse
 
 from jobworker.job import JobStatus
+from jobworker.output import OutputChunk
 from jobworker.tls import StrPath, client_tls_policy
 
 DEFAULT_SERVER = "https://127.0.0.1:8443"
@@ -298,16 +300,6 @@ class JobRecord:
             raise ApiError(
                 200, "unexpected_response", f"not a job record: {e}"
             ) from None
-
-
-@dataclass(frozen=True)
-class OutputChunk:
-    """Bytes of one stream from ``offset``; ask from ``next_offset`` next."""
-
-    data: bytes
-    offset: int
-    next_offset: int
-    complete: bool
 
 
 @dataclass(frozen=True)
