@@ -41,11 +41,11 @@ from jobworker.client import (
     JobRecord,
     JobworkerClient,
     NotFound,
-    OutputChunk,
     ServerNotTrusted,
     TooManyJobs,
     Unavailable,
 )
+from jobworker.output import OutputChunk
 from jobworker.tls import TLSConfigError
 
 ID = "8f0c1e0e2b7a4c55b0b1d6a1c3e9f7aa"

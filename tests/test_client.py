@@ -40,12 +40,12 @@ from jobworker.client import (
     JobRecord,
     JobworkerClient,
     NotFound,
-    OutputChunk,
     ServerNotTrusted,
     TooManyJobs,
     Unavailable,
     connection_error,
 )
+from jobworker.output import OutputChunk
 from jobworker.tls import server_tls_options
 from tests.pki_fixtures import DevPKI, Pair
 
