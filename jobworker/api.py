@@ -16,6 +16,7 @@ not leaked), an action the caller's role does not grant on a visible job is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from jobworker.auth import Action, Forbidden, Identity, Policy, Role, check_ceilings
+from jobworker.channel import ApiChannel, ConnectionLimits
 from jobworker.confinement import LimitsUnavailable
 from jobworker.job import Job, JobStatus
 from jobworker.manager import (
@@ -64,8 +66,17 @@ class ApiSettings:
     max_wait: float = 300.0
     default_limit: int = MiB
     max_limit: int = 16 * MiB
-    # Idle connections are closed after this many seconds.
+    # Idle connections are closed after this many seconds; so is one whose
+    # client stops reading a response (a follow stream) for as long.
     idle_timeout: float = 60.0
+    # Deadlines Twisted has no setting for (see jobworker.channel): to finish
+    # the TLS handshake, to send a request's headers, to send its body.
+    handshake_timeout: float = 10.0
+    header_timeout: float = 20.0
+    body_timeout: float = 60.0
+    # Request line and headers together, in bytes; and how many headers.
+    max_header_bytes: int = 16 * 1024
+    max_headers: int = 100
 
 
 class ApiError(Exception):
@@ -161,7 +172,19 @@ class Api:
         return root
 
     def site(self) -> Site:
-        site = Site(self.root(), timeout=self.settings.idle_timeout)
+        settings = self.settings
+        site = Site(self.root(), timeout=settings.idle_timeout)
+        limits = ConnectionLimits(
+            handshake_timeout=settings.handshake_timeout,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            stall_timeout=settings.idle_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+        )
+        # Our channel, not Twisted's HTTP/2-negotiating wrapper: no ALPN is
+        # offered (see jobworker.tls), so HTTP/1.1 is all there is.
+        site.protocol = functools.partial(ApiChannel, limits)  # type: ignore[method-assign, assignment]
         site.requestFactory = request_factory(self.settings.max_body)
         site.displayTracebacks = False
         return site

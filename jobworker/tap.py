@@ -45,7 +45,11 @@ PARAMETERS = [
     ["grace", None, 10.0, "Seconds from SIGTERM to SIGKILL on stop.", float],
     ["max-body", None, "1M", "Largest request body."],
     ["idle-timeout", None, 60.0, "Close connections idle this long.", float],
+    ["handshake-timeout", None, 10.0, "Seconds to finish the TLS handshake.", float],
+    ["header-timeout", None, 20.0, "Seconds to send a request's headers.", float],
+    ["body-timeout", None, 60.0, "Seconds to send a request's body.", float],
 ]
+TIMEOUTS = ("idle-timeout", "handshake-timeout", "header-timeout", "body-timeout")
 # fmt: on
 
 
@@ -72,6 +76,9 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be from 0 to 65535")
         if self["max-jobs"] < 1:
             raise usage.UsageError("--max-jobs must be at least 1")
+        for name in TIMEOUTS:
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be more than 0 seconds")
         for name in ("output-limit", "max-body"):
             try:
                 self[name] = parse_size(self[name], f"--{name}")
@@ -120,7 +127,13 @@ def build_service(options: Options) -> IService:
     api = Api(
         manager,
         policy,
-        ApiSettings(max_body=options["max-body"], idle_timeout=options["idle-timeout"]),
+        ApiSettings(
+            max_body=options["max-body"],
+            idle_timeout=options["idle-timeout"],
+            handshake_timeout=options["handshake-timeout"],
+            header_timeout=options["header-timeout"],
+            body_timeout=options["body-timeout"],
+        ),
     )
     top = MultiService()
     GracefulTermination(_reactor()).setServiceParent(top)
