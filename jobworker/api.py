@@ -16,6 +16,7 @@ not leaked), an action the caller's role does not grant on a visible job is
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import re
@@ -283,7 +284,19 @@ class JobsEndpoint(Endpoint):
         if role is None or not decision.allowed:
             raise ApiError(403, "forbidden", f"{identity.name} may not start jobs")
         spec = within_ceilings(role, parse_job_spec(read_json(request)))
-        job = await self.api.manager.start(spec, identity.name, run_as=role.run_as)
+        try:
+            job = await self.api.manager.start(spec, identity.name, run_as=role.run_as)
+        except OSError as e:
+            # Out of file descriptors (a job needs pipes and files): the
+            # server is busy, not broken; a later try may well succeed.
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            raise ApiError(
+                503,
+                "out_of_resources",
+                "the server has no file descriptors to spare; try again later",
+                {"Retry-After": "1"},
+            ) from None
         request.setHeader(b"Location", f"/v1/jobs/{job.id}".encode())
         send_json(request, 201, self.api.record(job))
         return NOT_DONE_YET

@@ -177,13 +177,27 @@ def load_policy(path: str | None) -> Policy:
 
 
 def raise_open_files_limit() -> None:
-    """Each job holds pipes and files, each client a socket: allow many."""
+    """
+    Each job holds pipes and files, each client a socket: allow many. Where
+    the limit cannot be raised the server still runs; at the limit, Twisted
+    closes the connections it cannot accept and logs it.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        log.info("the open files limit is {soft}, the hard limit", soft=soft)
+        return
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.info(
-            "raised the open files limit from {soft} to {hard}", soft=soft, hard=hard
+    except (ValueError, OSError) as e:
+        # e.g. a hard limit of "unlimited", which the kernel caps lower.
+        log.warn(
+            "could not raise the open files limit from {soft} to {hard}: {error}",
+            soft=soft,
+            hard=hard,
+            error=e,
         )
+        return
+    log.info("raised the open files limit from {soft} to {hard}", soft=soft, hard=hard)
 
 
 def _reactor() -> Any:

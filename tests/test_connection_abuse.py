@@ -2,8 +2,8 @@
 Clients that misbehave at the connection level, against a real server over
 TLS on 127.0.0.1: handshakes never finished, headers and bodies sent a byte at
 a time, responses never read, oversized headers and bodies, thousands of idle
-long-polls. Each is cut off by its own deadline or limit, while other
-clients go on being served.
+long-polls, and a server out of file descriptors. Each is cut off by its own
+deadline or limit, while other clients go on being served.
 
 The deadlines are made short here through the settings; the abusive clients
 are plain blocking sockets in threads, so the reactor (and the server in it)
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
@@ -36,7 +37,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
@@ -45,7 +46,7 @@ from jobworker.api import Api, ApiSettings
 from jobworker.auth import Policy
 from jobworker.manager import JobManager, Settings
 from jobworker.output import Stream
-from jobworker.tap import Options
+from jobworker.tap import Options, raise_open_files_limit
 from jobworker.tls import client_tls_policy, server_tls_options
 from tests.pki_fixtures import DevPKI
 
@@ -651,6 +652,102 @@ def curl_healthz(pki: DevPKI, port: int) -> bytes:
     ).stdout  # fmt: skip
 
 
+def test_open_files_limit_is_raised_and_logged(
+    dev_pki: DevPKI, run_twistd: Callable[..., Twistd]
+) -> None:
+    """At start-up the server raises its soft open-files limit to the hard
+    limit and says so in the log."""
+    server = run_twistd((256, 1024))
+    assert "raised the open files limit from 256 to 1024" in server.text()
+    limits = psutil.Process(server.process.pid).rlimit(psutil.RLIMIT_NOFILE)
+    assert limits == (1024, 1024)
+
+
+def test_out_of_file_descriptors_the_server_keeps_serving(
+    dev_pki: DevPKI, run_twistd: Callable[..., Twistd]
+) -> None:
+    """A server at its open-files limit (which it cannot raise) closes the
+    connections it cannot take and logs it; a job it cannot start for want of
+    descriptors is 503 with Retry-After; it stays up, and starts jobs again
+    once connections go away."""
+    limit = 64
+    server = run_twistd((limit, limit), ("--handshake-timeout", "60"))
+    assert f"the open files limit is {limit}, the hard limit" in server.text()
+    context = ssl.create_default_context(cafile=str(dev_pki.ca))
+    alice = dev_pki.client("alice")
+    context.load_cert_chain(alice.cert, alice.key)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as kept:
+        assert exchange(kept, "GET", "/v1/healthz")[0] == 200
+        held = [
+            socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            for _ in range(limit * 2)
+        ]
+        try:
+            # The server accepts what it can and, at the limit, closes the
+            # rest at once (Twisted keeps a descriptor in reserve for this).
+            time.sleep(1)
+            assert sum(closed_by_server(s) for s in held) > 0
+            assert exchange(kept, "GET", "/v1/healthz")[0] == 200
+            start = {"command": "/bin/echo", "args": ["hi"]}
+            status, headers, body = exchange(kept, "POST", "/v1/jobs", start)
+            assert (status, headers["retry-after"], body) == (
+                503,
+                "1",
+                {
+                    "error": {
+                        "code": "out_of_resources",
+                        "message": "the server has no file descriptors to spare;"
+                        " try again later",
+                    }
+                },
+            )
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.5)
+        status, _, job = exchange(kept, "POST", "/v1/jobs", start)
+        assert (status, job["status"]) == (201, "running")
+        status, _, listing = exchange(kept, "GET", "/v1/jobs")
+        assert [j["id"] for j in listing["jobs"]] == [job["id"]]
+    assert curl_healthz(dev_pki, server.port) == b"200"
+    text = server.text()
+    assert "EMFILE encountered" in text
+    assert "Traceback" not in text
+    assert server.process.poll() is None
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed this connection by now."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False  # held open, waiting for a handshake
+    except ConnectionResetError:
+        return True
+
+
+def exchange(
+    sock: ssl.SSLSocket, method: str, path: str, body: Any = None
+) -> tuple[int, dict[str, str], Any]:
+    """One request on a kept-alive connection: status, headers, JSON body."""
+    data = b"" if body is None else json.dumps(body).encode()
+    sock.sendall(
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    reader = sock.makefile("rb")
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) != b"\r\n":
+        name, value = line.decode().split(":", 1)
+        headers[name.lower()] = value.strip()
+    content = reader.read(int(headers["content-length"]))
+    return status, headers, json.loads(content) if content else None
+
+
 def test_twistd_options_set_the_deadlines(
     dev_pki: DevPKI, run_twistd: Callable[..., Twistd]
 ) -> None:
@@ -682,3 +779,34 @@ def test_timeouts_must_be_positive(option: str) -> None:
     with pytest.raises(usage.UsageError) as raised:
         options.parseOptions(["--cert", "c", "--key", "k", "--ca", "a", option, "0"])
     assert str(raised.value) == f"{option} must be more than 0 seconds"
+
+
+def test_open_files_limit_that_cannot_be_raised_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where raising the open-files limit fails, start-up goes on and the log
+    says why."""
+    events: list[LogEvent] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == "jobworker.tap":
+            events.append(event)
+
+    def refuse(which: int, limits: tuple[int, int]) -> None:
+        raise ValueError("not allowed to raise maximum limit")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    globalLogPublisher.addObserver(observe)
+    try:
+        raise_open_files_limit()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [(e["log_level"].name, formatEvent(e)) for e in events] == [
+        (
+            "warn",
+            "could not raise the open files limit from 1024 to 4096:"
+            " not allowed to raise maximum limit",
+        )
+    ]
