@@ -20,6 +20,7 @@ import errno
 import functools
 import json
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -607,11 +608,35 @@ def read_json(request: Request, empty_ok: bool = False) -> Any:
     if not body.strip() and empty_ok:
         return {}
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(
+            body.decode("utf-8"), parse_float=json_number, parse_int=json_integer
+        )
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "body: not UTF-8") from None
     except ValueError as e:
         raise ApiError(400, "invalid_json", f"body: not valid JSON: {e}") from None
+    except RecursionError:
+        # The parser recurses per level: [[[[...]]]] deep enough exhausts it.
+        raise ApiError(400, "invalid_json", "body: nested too deeply") from None
+
+
+def json_number(text: str) -> int | float:
+    """
+    A JSON number with a fraction or exponent. JSON Schema, and so the API's
+    document, counts 3.0 (or 3e0) as an integer: read it as one, so that a
+    field that wants an integer takes it.
+    """
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def json_integer(text: str) -> int:
+    """A JSON integer, refused (as invalid JSON) beyond what a float holds:
+    no field takes one, and some would fail converting it."""
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"a number of {len(text)} digits is too large")
+    return value
 
 
 def parse_grace(body: Any) -> float | None:
