@@ -57,7 +57,10 @@ OCTETS = b"application/octet-stream"
 FOLLOW_CHUNK = 256 * 1024
 # Module level: a Logger that is a class attribute takes its class's name.
 audit_log = Logger(namespace="jobworker.audit")
-DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+# A JSON number without a sign: the document's "number", written as clients
+# (and their float formatting, e.g. 1e-05) write it. Not float()'s own
+# syntax, which also takes "nan", "inf", "1_0" and spaces.
+DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 
 
 @dataclass(frozen=True)

@@ -185,13 +185,21 @@ FOUND_BY_FUZZING = [
             "message": "body: not valid JSON: a number of 401 digits is too large",
         },
     ),
+    # Past a float's range, as a query number: refused as out of range.
+    (
+        "GET",
+        "/v1/jobs/{id}/output?wait=1e400",
+        b"",
+        400,
+        {"code": "invalid_request", "message": "wait: must be from 0 to 300"},
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("method", "path", "body", "status", "error"),
     FOUND_BY_FUZZING,
-    ids=["deep-nesting", "huge-integer"],
+    ids=["deep-nesting", "huge-integer", "huge-query-number"],
 )
 def test_refusals_found_by_fuzzing(
     fuzz_server: FuzzServer,
@@ -201,8 +209,8 @@ def test_refusals_found_by_fuzzing(
     status: int,
     error: dict[str, str],
 ) -> None:
-    """Inputs fuzzing found answered 500 are refused with 400 and a JSON
-    error."""
+    """Inputs fuzzing found (each was a 500), and the edge of a fix, are
+    refused with 400 and a JSON error."""
     url = fuzz_server.url + path.replace("{id}", fuzz_server.job_ids[0])
     with fuzz_server.session() as session:
         response = session.request(method, url, data=body, timeout=REQUEST_TIMEOUT)
@@ -227,3 +235,15 @@ def test_integer_fields_take_integral_floats(fuzz_server: FuzzServer) -> None:
             }
         },
     )
+
+
+def test_query_numbers_in_exponent_notation(fuzz_server: FuzzServer) -> None:
+    """A query number written 1e-3, as the document's number allows, is
+    taken."""
+    job_id = fuzz_server.job_ids[0]
+    with fuzz_server.session() as session:
+        response = session.get(
+            f"{fuzz_server.url}/v1/jobs/{job_id}/output?wait=1e-3&stream=stdout",
+            timeout=REQUEST_TIMEOUT,
+        )
+    assert (response.status_code, response.content) == (200, b"hi\n")
