@@ -74,6 +74,8 @@ class ApiChannel(HTTPChannel):
         self.maxHeaders = limits.max_headers
         self._deadline: IDelayedCall | None = None
         self._deadline_kind = ""
+        # Set once the client has been refused: nothing more is read.
+        self._refused = False
 
     # Deadlines
 
@@ -86,6 +88,8 @@ class ApiChannel(HTTPChannel):
         self._disarm("handshake")
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
         # The first byte of a request (line mode, no request in hand) starts
         # its header deadline; the bytes after it do not move it.
         if self._deadline is None and self.line_mode and not self._handlingRequest:
@@ -145,11 +149,25 @@ class ApiChannel(HTTPChannel):
     # Header limits
 
     def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
         # The same sum Twisted checks after the fact, to answer 431 not 400.
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._too_large()
             return
         super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted answers 400 and closes, but then goes on parsing the lines
+        # it already has: over TLS the transport is not "disconnecting" until
+        # the TLS close is done. The next blank line then finishes a request
+        # whose first line never parsed, and raises. Read nothing more.
+        self._refused = True
+        super()._respondToBadRequestAndDisconnect()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._too_large()
@@ -173,8 +191,9 @@ class ApiChannel(HTTPChannel):
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer before any request exists (JSON, as the API's errors), close."""
         self._disarm(self._deadline_kind)
-        if self.transport.disconnecting:
+        if self._refused:
             return
+        self._refused = True
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json"

@@ -1,0 +1,48 @@
+"""ApiChannel's parsing edge cases, on an in-memory transport."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from jobworker.channel import ApiChannel, ConnectionLimits
+
+NO_DEADLINES = ConnectionLimits(
+    handshake_timeout=None, header_timeout=None, body_timeout=None,
+    stall_timeout=None,
+)  # fmt: skip
+
+
+def connected_channel() -> tuple[ApiChannel, StringTransport]:
+    site = Site(Resource(), timeout=None)  # no idle timer on the real reactor
+    site.protocol = functools.partial(ApiChannel, NO_DEADLINES)  # type: ignore[method-assign, assignment]
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+    assert isinstance(channel, ApiChannel)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"GET /v1/healthz HTTP/1.1 more words\r\n", b"Host: x\r\n", b"\r\n"],
+        # A header line is parsed once the next one arrives.
+        [b"GET /v1/healthz HTTP/1.1\r\nNo colon\r\nHost: x\r\n", b"\r\n"],
+    ],
+    ids=["request-line", "header-line"],
+)
+def test_nothing_is_parsed_after_a_bad_request(pieces: list[bytes]) -> None:
+    """A request refused as malformed is one bare 400; lines that arrive
+    after it (over TLS they do, until the close completes) are ignored,
+    where Twisted went on parsing them and raised on the blank line."""
+    channel, transport = connected_channel()
+    for piece in pieces:
+        channel.dataReceived(piece)
+    assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n"
+    assert transport.disconnecting
