@@ -368,19 +368,28 @@ class OutputEndpoint(Endpoint):
             if offset > log.size(stream) and log.closed:
                 raise OffsetOutOfRange(stream, offset, log.size(stream))
             return FollowStream(
-                request, log, stream, offset, self.api.followers
+                request, log, stream, offset, registry=self.api.followers
             ).start()
+        # The first piece, once there is one (or the wait is over); a larger
+        # answer is sent on piece by piece as the client takes it: one large
+        # write costs more per byte (allocations, copies) and holds the whole
+        # answer in memory, twice over once encrypted.
         chunk = await self.api.manager.read_output(
-            self.job_id, stream, offset, limit, wait
+            self.job_id, stream, offset, min(limit, FOLLOW_CHUNK), wait
         )
+        whole = limit if len(chunk.data) == FOLLOW_CHUNK else len(chunk.data)
+        span = log.span(stream, offset, whole)
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", OCTETS)
-        request.setHeader(b"Jobworker-Offset", str(chunk.offset).encode())
-        request.setHeader(b"Jobworker-Next-Offset", str(chunk.next_offset).encode())
-        request.setHeader(
-            b"Jobworker-Complete", b"true" if chunk.complete else b"false"
-        )
-        request.setHeader(b"Content-Length", str(len(chunk.data)).encode())
+        request.setHeader(b"Jobworker-Offset", str(span.offset).encode())
+        request.setHeader(b"Jobworker-Next-Offset", str(span.end).encode())
+        request.setHeader(b"Jobworker-Complete", b"true" if span.complete else b"false")
+        request.setHeader(b"Content-Length", str(span.end - span.offset).encode())
+        if span.end > chunk.next_offset:
+            # From the first byte again (one piece read twice): a producer
+            # registered after a write that filled the transport's buffer is
+            # never paused by twisted.web, and would write the whole answer.
+            return FollowStream(request, log, stream, offset, end=span.end).start()
         request.write(chunk.data)
         request.finish()
         return NOT_DONE_YET
@@ -444,7 +453,9 @@ class Directory(Resource):
 @implementer(IPushProducer)
 class FollowStream:
     """
-    Stream a job's output from an offset until the job ends.
+    Stream a job's output from an offset until the job ends; or, given an
+    ``end``, the rest of a long-poll answer: the bytes up to ``end``, which
+    are all there already, after the handler has set the headers.
 
     Bytes go from the file to the connection chunk by chunk. When the client
     reads slowly, the transport pauses us and we stop reading the file; we
@@ -452,28 +463,33 @@ class FollowStream:
     buffered here beyond one chunk.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         request: Request,
         log: OutputLog,
         stream: Stream,
         offset: int,
-        registry: set[FollowStream],
+        registry: set[FollowStream] | None = None,
+        end: int | None = None,
     ) -> None:
         self._request = request
         self._log = log
         self._stream = stream
         self.offset = offset
-        self._registry = registry
+        self._registry = registry if registry is not None else set()
+        self._end = end
         self.paused = False
         self._waiting: Deferred[None] | None = None
         self._done = False
 
     def start(self) -> Any:
         request = self._request
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", OCTETS)
-        request.setHeader(b"Jobworker-Offset", str(self.offset).encode())
+        if self._end is None:
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", OCTETS)
+            request.setHeader(b"Jobworker-Offset", str(self.offset).encode())
         request.registerProducer(self, True)
         request.notifyFinish().addErrback(self._client_gone)
         self._registry.add(self)
@@ -482,11 +498,24 @@ class FollowStream:
 
     def _pump(self) -> None:
         while not self.paused and not self._done:
-            chunk = self._log.read(self._stream, self.offset, FOLLOW_CHUNK)
+            want = FOLLOW_CHUNK
+            if self._end is not None:
+                want = min(want, self._end - self.offset)
+                if want <= 0:
+                    self._finish()
+                    return
+            try:
+                chunk = self._log.read(self._stream, self.offset, want)
+            except OSError as e:  # the files went away: the job was purged
+                self._abort(e)
+                return
             if chunk.data:
                 self.offset = chunk.next_offset
                 self._request.write(chunk.data)
                 continue
+            if self._end is not None:
+                self._abort(None)  # fewer bytes than the answer promised
+                return
             if chunk.complete:
                 self._finish()
                 return
@@ -503,6 +532,19 @@ class FollowStream:
         self._registry.discard(self)
         self._request.unregisterProducer()
         self._request.finish()
+
+    def _abort(self, error: OSError | None) -> None:
+        """The body cannot be completed: cut the connection, so it shows."""
+        self.log.warn(
+            "output of {path} cut short at offset {offset}: {error}",
+            path=self._log.directory.name,
+            offset=self.offset,
+            error=error or "bytes missing",
+        )
+        self._done = True
+        self._registry.discard(self)
+        self._request.unregisterProducer()
+        self._request.loseConnection()
 
     def _client_gone(self, reason: Failure) -> None:
         self._done = True

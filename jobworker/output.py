@@ -71,6 +71,16 @@ class OutputChunk:
     complete: bool
 
 
+@dataclass(frozen=True)
+class OutputSpan:
+    """Where a read from ``offset`` would end now, without reading the bytes."""
+
+    offset: int
+    end: int
+    # The job has ended and the span reaches the end of its output.
+    complete: bool
+
+
 class OutputLog:
     """The output files of one job, and the readers waiting on them."""
 
@@ -198,6 +208,17 @@ class OutputLog:
             next_offset=end,
             complete=self.closed and end >= size,
         )
+
+    def span(self, stream: Stream, offset: int, limit: int) -> OutputSpan:
+        """
+        The bytes ``read`` would answer now, as offsets: for a reader that
+        sends them on piece by piece rather than holding them all at once.
+        """
+        size = self.size(stream)
+        if offset > size and self.closed:
+            raise OffsetOutOfRange(stream, offset, size)
+        end = max(offset, min(size, offset + max(limit, 0)))
+        return OutputSpan(offset, end, complete=self.closed and end >= size)
 
     def _read_combined(self, offset: int, length: int) -> bytes:
         """Stitch ``length`` bytes of the combined view from the two files."""
