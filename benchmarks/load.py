@@ -222,3 +222,39 @@ def followers(target: Target, args: tuple[str, int], sync: Sync) -> Any:
     for thread in threads:
         thread.join(600)
     return results
+
+
+def steady_starts(target: Target, seconds: float, sync: Sync) -> Any:
+    """
+    Start ``/bin/true`` jobs one after another for ``seconds``, each until it
+    has ended. A failed request is counted, not raised: the connection is
+    made anew and the loop goes on. Returns, per job, (time it was asked
+    for, milliseconds until its 201, milliseconds until it had ended, error
+    or None).
+    """
+    samples: list[tuple[float, float, float, str | None]] = []
+    c = target.connect()
+    try:
+        sync()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            asked = time.monotonic()
+            error: str | None = None
+            started = ended = 0.0
+            try:
+                response = c.request("POST", "/v1/jobs", {"command": "/bin/true"})
+                started = (time.monotonic() - asked) * 1000
+                if response.status != 201:
+                    error = f"start: {response.status} {response.body[:200]!r}"
+                else:
+                    wait_until_ended(c, response.json()["id"])
+                    ended = (time.monotonic() - asked) * 1000
+            except Exception as e:
+                error = repr(e)
+            samples.append((asked, started, ended, error))
+            if error is not None:
+                c.close()
+                c = target.connect()
+    finally:
+        c.close()
+    return samples

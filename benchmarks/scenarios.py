@@ -538,6 +538,82 @@ def concurrency(bench: Bench) -> list[Figure]:
     return [start, stop]
 
 
+# sustained load
+
+
+def sustained_load(bench: Bench) -> list[Figure]:
+    """
+    8 clients start short jobs back to back while 50 followers stream the
+    output of 5 jobs that write a line every 10 ms, for 60 s: errors,
+    start latency window by window, and the server's RSS before and after.
+    """
+    seconds = bench.size(60, 15)
+    windows = 6 if not bench.quick else 3
+    starters, writers, followers_per_writer = 8, 5, 10
+    interval = 0.01
+    with bench.server("sustained-load") as server, server.connect() as c:
+        warm = start_job(c, jobs.true())
+        purge(c, warm)
+        time.sleep(1)
+        rss_start = server.rss()
+        ticks = int(seconds / interval)
+        writer_ids = [
+            start_job(c, jobs.ticker(ticks, interval)) for _ in range(writers)
+        ]
+        follow = load.Workers(
+            load.followers,
+            bench.target(server),
+            [(job_id, followers_per_writer) for job_id in writer_ids],
+        )
+        start = load.Workers(
+            load.steady_starts, bench.target(server), [float(seconds)] * starters
+        )
+        follow.sync()
+        t0 = start.sync()
+        samples = [s for worker in start.results(timeout=seconds + 120) for s in worker]
+        streams = follow.results(timeout=seconds + 120)
+        expected = [job_record(c, j)["output_bytes"]["stdout"] for j in writer_ids]
+        time.sleep(1)
+        rss_end = server.rss()
+        for job_id in writer_ids:
+            purge(c, job_id)
+    errors = [s[3] for s in samples if s[3] is not None]
+    for job_streams, size in zip(streams, expected, strict=True):
+        for status, received, _crc, _when in job_streams:
+            if status != 200 or received != size:
+                errors.append(f"follower: {status}, {received} of {size} bytes")
+    for error in errors[:5]:
+        print(f"bench: sustained-load: {error}", file=sys.stderr)
+    span = seconds / windows
+    figures = [
+        Figure.of("sustained-load", "errors", "", [len(errors)]).check("0", not errors),
+        Figure.of("sustained-load", "jobs started and ended", "", [len(samples)]),
+    ]
+    figures[1].note = (
+        f"{starters} clients starting /bin/true back to back while"
+        f" {writers * followers_per_writer} followers stream {writers} jobs that"
+        f" write a line every {interval * 1000:.0f} ms, for {seconds} s"
+    )
+    for w in range(windows):
+        low, high = t0 + w * span, t0 + (w + 1) * span
+        in_window = [s[1] for s in samples if low <= s[0] < high and s[3] is None]
+        figures.append(
+            Figure.of(
+                "sustained-load",
+                f"start latency, {w * span:.0f}-{(w + 1) * span:.0f} s",
+                "ms",
+                in_window,
+                p99=True,
+                keep=False,
+            )
+        )
+    figures += [
+        Figure.of("sustained-load", "server RSS at start", "MB", [rss_start / MB]),
+        Figure.of("sustained-load", "server RSS at end", "MB", [rss_end / MB]),
+    ]
+    return figures
+
+
 SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "floor": floor,
     "start-latency": start_latency,
@@ -547,4 +623,5 @@ SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "fan-out": fan_out,
     "memory": memory,
     "concurrency": concurrency,
+    "sustained-load": sustained_load,
 }
