@@ -44,7 +44,7 @@ from jobworker.launcher import (
 from jobworker.linux.cgroups import CgroupError
 from jobworker.output import OutputChunk, OutputLog, Stream
 from jobworker.runner import JobProcessProtocol, RunningJob, process_start_time
-from jobworker.spec import JobSpec
+from jobworker.spec import JobSpec, parse_job_spec
 from jobworker.store import JobStore
 
 MiB = 1 << 20
@@ -226,11 +226,19 @@ class JobManager(Service):
 
     async def start(self, spec: JobSpec, owner: str, run_as: str | None = None) -> Job:
         """
-        Start ``spec`` for ``owner``. Returns the record once the command runs
-        (``running``) or could not be run (``failed_to_start``).
+        Start ``spec`` for ``owner``, as the user ``run_as`` (``None``: as
+        this process's user, as is every job of a server that is neither
+        isolating jobs nor root). Returns the record once the command runs
+        (``running``) or could not be run (``failed_to_start``); raises
+        ``InvalidSpec`` for a malformed spec, and nothing is started then.
         """
         if self._closing:
             raise ShuttingDown("the server is shutting down")
+        # A JobSpec built by hand is checked as a request is: a NUL byte or
+        # an oversized argv would otherwise fail only in the spawn.
+        spec = parse_job_spec(spec.to_json())
+        if not self.settings.isolate and os.geteuid() != 0:
+            run_as = None  # only root can change users: jobs run as we do
         if len(self._live) >= self.settings.max_running_jobs:
             raise TooManyJobs(
                 f"{self.settings.max_running_jobs} jobs are running already"
@@ -447,12 +455,24 @@ class JobManager(Service):
 async def with_deadline(
     waiting: Deferred[None], seconds: float, clock: IReactorTime
 ) -> None:
-    """Wait for ``waiting`` at most ``seconds``; a timeout is not an error."""
-    deadline = clock.callLater(seconds, waiting.cancel)
+    """
+    Wait for ``waiting`` at most ``seconds``; a timeout is not an error. A
+    cancel from outside (the reader went away) still raises ``CancelledError``:
+    there is then nobody to answer.
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        waiting.cancel()
+
+    deadline = clock.callLater(seconds, expire)
     try:
         await waiting
     except CancelledError:
-        pass
+        if not expired:
+            raise
     finally:
         if deadline.active():
             deadline.cancel()

@@ -122,7 +122,10 @@ def build_service(options: Options) -> IService:
     if isolate:
         manager.prepare_users({role.run_as for role in policy.roles.values()})
     else:
-        log.warn("--no-isolation: jobs run unconfined, as the server's own user")
+        log.warn(
+            "--no-isolation: jobs run without namespaces, as {user}",
+            user="their roles' run_as users" if os.geteuid() == 0 else "this user",
+        )
     raise_open_files_limit()
     api = Api(
         manager,

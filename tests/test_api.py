@@ -20,11 +20,11 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 from zope.interface import implementer
 
 from jobworker.api import Api, ApiSettings
@@ -416,21 +416,37 @@ async def test_follow_streams_until_the_end(server: Server) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_client_gone_mid_poll_leaves_no_waiter(server: Server) -> None:
-    """A client that disconnects during a long-poll leaves no waiter behind."""
+    """A client that disconnects during a long-poll leaves no waiter behind,
+    and the handler stops there: nothing is answered, nothing is logged as an
+    error."""
+    errors: list[str] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_failure") is not None or event.get("isError"):
+            errors.append(formatEvent(event))
+
     job = await start(server, "alice", "sleep", "1000")
     client = server.client("alice")
     polling = client.get(f"{server.url}/v1/jobs/{job['id']}/output?wait=60")
     log = server.manager.output_log(job["id"])
     while log.waiter_count() == 0:
         await sleep(0.01)
-    polling.cancel()
-    with pytest.raises(Exception):  # noqa: B017 - cancelled, in whichever form
-        await polling
-    for _ in range(200):
-        if log.waiter_count() == 0:
-            break
-        await sleep(0.01)
+    globalLogPublisher.addObserver(observe)
+    try:
+        polling.cancel()
+        with pytest.raises(ResponseNeverReceived) as raised:
+            await polling
+        assert raised.value.reasons[0].check(CancelledError)
+        for _ in range(200):
+            if log.waiter_count() == 0:
+                break
+            await sleep(0.01)
+        await sleep(0.1)  # for an answer to the gone client to fail, if sent
+    finally:
+        globalLogPublisher.removeObserver(observe)
     assert log.waiter_count() == 0
+    assert errors == []
 
 
 @pytest_twisted.ensureDeferred

@@ -25,9 +25,10 @@ from jobworker.manager import (
     TooManyJobs,
 )
 from jobworker.output import OffsetOutOfRange, Stream
-from jobworker.spec import JobSpec, parse_job_spec
+from jobworker.spec import InvalidSpec, JobSpec, parse_job_spec
 
 reactor: Any = global_reactor
+ROOT = os.geteuid() == 0
 ALL_BYTES = bytes(range(256))
 WRITE_LINES = """
 import sys
@@ -46,6 +47,9 @@ def sh(script: str, **fields: Any) -> JobSpec:
 
 
 def make_manager(data_dir: Path, **settings: Any) -> JobManager:
+    # Isolated where it can be (as root, and so in CI), else plain: the
+    # library behaves the same either way.
+    settings.setdefault("isolate", ROOT)
     manager = JobManager(reactor, data_dir, Settings(**settings))
     manager.open()
     return manager
@@ -148,6 +152,48 @@ async def test_failed_to_start(
     assert manager.running_count() == 0
 
 
+@pytest.mark.parametrize(
+    ("made", "field"),
+    [
+        (JobSpec(command="/bin/echo\x00"), "command"),
+        (JobSpec(command="/bin/echo", env={"X": "a\x00b"}), "env.X"),
+        (JobSpec(command="/bin/echo", args=("x" * (1 << 20),)), "args[0]"),
+    ],
+    ids=["nul-command", "nul-env", "long-arg"],
+)
+@pytest_twisted.ensureDeferred
+async def test_spec_made_by_hand_is_checked(
+    manager: JobManager, made: JobSpec, field: str
+) -> None:
+    """A JobSpec built directly, not parsed, is checked as a request would
+    be: InvalidSpec naming the field, and nothing started or recorded."""
+    with pytest.raises(InvalidSpec) as raised:
+        await manager.start(made, "alice")
+    assert raised.value.field == field
+    assert manager.list() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_root_nor_isolating_runs_jobs_as_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without isolation, a server that is not root runs every job as its own
+    user, whatever run_as says (it could not change users)."""
+    manager = make_manager(tmp_path / "data", isolate=False)
+    monkeypatch.setattr("jobworker.manager.os.geteuid", lambda: 4242)
+    try:
+        job = await manager.start(spec("/bin/sh", "-c", "id -u"), "alice", "nobody")
+        ended = await manager.wait(job.id)
+        assert (ended.status, ended.exit_code, ended.run_as) == (
+            JobStatus.EXITED, 0, None,
+        )  # fmt: skip
+        output = await manager.read_output(job.id, Stream.STDOUT)
+        assert output.data == b"%d\n" % os.getuid()
+    finally:
+        monkeypatch.undo()
+        await manager.shutdown()
+
+
 @pytest_twisted.ensureDeferred
 async def test_environment_is_explicit(manager: JobManager) -> None:
     """Jobs see only a default PATH and what they asked for, nothing of the server."""
@@ -197,7 +243,8 @@ async def test_stop_leaves_no_process(manager: JobManager) -> None:
     assert job.pid is not None
     await manager.read_output(job.id, wait=10)  # both children exist
     members = session_members(job.pid)
-    assert len(members) == 4  # the init, sh and both sleeps
+    # sh and both sleeps, and the isolated job's init
+    assert len(members) == (4 if manager.settings.isolate else 3)
     stopping = manager.stop(job.id, grace=5)
     assert stopping.status is JobStatus.STOPPING
     ended = await manager.wait(job.id)
