@@ -572,11 +572,15 @@ def sustained_load(bench: Bench) -> list[Figure]:
         t0 = start.sync()
         samples = [s for worker in start.results(timeout=seconds + 120) for s in worker]
         streams = follow.results(timeout=seconds + 120)
-        expected = [job_record(c, j)["output_bytes"]["stdout"] for j in writer_ids]
         time.sleep(1)
         rss_end = server.rss()
-        for job_id in writer_ids:
-            purge(c, job_id)
+        # A new connection: the first one sat idle past the idle timeout.
+        with server.connect() as after:
+            expected = [
+                job_record(after, j)["output_bytes"]["stdout"] for j in writer_ids
+            ]
+            for job_id in writer_ids:
+                purge(after, job_id)
     errors = [s[3] for s in samples if s[3] is not None]
     for job_streams, size in zip(streams, expected, strict=True):
         for status, received, _crc, _when in job_streams:

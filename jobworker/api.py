@@ -178,7 +178,11 @@ class Api:
 
     def site(self) -> Site:
         settings = self.settings
-        site = Site(self.root(), timeout=settings.idle_timeout)
+        # A body is JSON whatever its Content-Type says (curl -d sends a
+        # form's): Twisted must not parse it into the query arguments.
+        site = Site(
+            self.root(), timeout=settings.idle_timeout, parsePOSTFormSubmission=False
+        )
         limits = ConnectionLimits(
             handshake_timeout=settings.handshake_timeout,
             header_timeout=settings.header_timeout,

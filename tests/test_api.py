@@ -143,6 +143,26 @@ async def test_start_read_and_output(server: Server) -> None:
     assert headers.getRawHeaders(b"jobworker-complete") == [b"true"]
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [b"application/x-www-form-urlencoded", b"multipart/form-data; boundary=x"],
+)
+@pytest_twisted.ensureDeferred
+async def test_body_is_json_whatever_its_content_type(
+    server: Server, content_type: bytes
+) -> None:
+    """A JSON body sent as a form (as curl -d does), with "=" and "&" in it,
+    is read as JSON, not as form fields."""
+    body = {"command": "/bin/sh", "args": ["-c", "X=1&& echo $X"]}
+    code, job, _ = await call(
+        server, "alice", "POST", "/v1/jobs", body,
+        headers={b"Content-Type": [content_type]},
+    )  # fmt: skip
+    assert code == 201, job
+    ended = await server.manager.wait(job["id"])
+    assert (ended.exit_code, ended.spec.args) == (0, ("-c", "X=1&& echo $X"))
+
+
 @pytest_twisted.ensureDeferred
 async def test_list_shows_what_the_role_may_see(server: Server) -> None:
     """alice lists only her jobs; bob (auditor) and charlie (admin) list all."""
