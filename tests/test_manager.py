@@ -25,7 +25,7 @@ from jobworker.manager import (
     TooManyJobs,
 )
 from jobworker.output import OffsetOutOfRange, Stream
-from jobworker.spec import InvalidSpec, JobSpec, parse_job_spec
+from jobworker.spec import InvalidSpec, JobSpec, Limits, parse_job_spec
 
 reactor: Any = global_reactor
 ROOT = os.geteuid() == 0
@@ -192,6 +192,25 @@ async def test_not_root_nor_isolating_runs_jobs_as_itself(
     finally:
         monkeypatch.undo()
         await manager.shutdown()
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_inherits_no_descriptor_of_the_server(manager: JobManager) -> None:
+    """A descriptor the server left inheritable does not reach the job: it
+    has only stdin, stdout and stderr (and the one ls opens to list them)."""
+    kept, other = os.pipe()
+    os.set_inheritable(kept, True)
+    os.set_inheritable(other, True)
+    try:
+        job = await manager.start(spec("/bin/ls", "/proc/self/fd"), "alice")
+        ended = await manager.wait(job.id)
+    finally:
+        os.close(kept)
+        os.close(other)
+    output = await manager.read_output(job.id, Stream.STDOUT)
+    assert (ended.exit_code, sorted(output.data.split())) == (
+        0, [b"0", b"1", b"2", b"3"],
+    )  # fmt: skip
 
 
 @pytest_twisted.ensureDeferred
@@ -382,6 +401,26 @@ async def test_output_limit(tmp_path: Path) -> None:
         assert ended.status is JobStatus.STOPPED
         assert ended.error == "output limit of 100000 bytes reached"
         assert m.output_sizes(job.id) == {"stdout": 100_000, "stderr": 0}
+    finally:
+        await m.shutdown()
+
+
+@pytest.mark.root
+@pytest_twisted.ensureDeferred
+async def test_default_memory_limit_is_in_the_record_and_enforced(
+    tmp_path: Path,
+) -> None:
+    """A job that sets no memory limit gets the server's: in its record, enforced."""
+    m = make_manager(tmp_path, default_limits=Limits(memory=32 << 20))
+    try:
+        assert m.confinement.driver is not None, m.confinement.reason
+        allocate = "b = bytearray(256 << 20); print(len(b))"
+        job = await m.start(spec(sys.executable, "-c", allocate), "alice")
+        assert job.spec.limits == Limits(memory=32 << 20)
+        ended = await m.wait(job.id)
+        record: Any = m.describe(ended)
+        assert record["limits"] == Limits(memory=32 << 20).to_json()
+        assert ended.oom_killed is True
     finally:
         await m.shutdown()
 

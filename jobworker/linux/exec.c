@@ -43,7 +43,7 @@
  *
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
- *       stage: go cgroup setsid pidns unshare mount hostname lo pipe fork
+ *       stage: close go cgroup setsid pidns unshare mount hostname lo pipe fork
  *              setgroups setgid setuid prctl chdir exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
@@ -62,6 +62,7 @@
  * nor read it, so it cannot forge its own status lines.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -75,6 +76,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -477,6 +479,30 @@ static void run_as_init(const struct options *o)
     supervise(command, &watched);
 }
 
+/* Close every descriptor but stdin, stdout, stderr and the status fd. The
+ * server leaves this to us rather than list its own open descriptors at
+ * every spawn (thousands of them, with many jobs running). */
+static void close_inherited(void)
+{
+    int ok = 1;
+    if (status_fd > 3)
+        ok = syscall(SYS_close_range, 3U, (unsigned int)status_fd - 1, 0U) == 0;
+    unsigned int rest = status_fd < 3 ? 3U : (unsigned int)status_fd + 1;
+    if (ok && syscall(SYS_close_range, rest, ~0U, 0U) == 0)
+        return;
+    /* A kernel without close_range (before 5.9): walk /proc/self/fd. */
+    DIR *fds = opendir("/proc/self/fd");
+    if (fds == NULL)
+        fail("close", errno);
+    struct dirent *entry;
+    while ((entry = readdir(fds)) != NULL) {
+        int fd = atoi(entry->d_name);
+        if (fd > 2 && fd != status_fd && fd != dirfd(fds))
+            close(fd);
+    }
+    closedir(fds);
+}
+
 int main(int argc, char **argv)
 {
     struct options o;
@@ -484,6 +510,7 @@ int main(int argc, char **argv)
     parse_options(&o, argc, argv);
     if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0)
         usage();
+    close_inherited();
 
     wait_for_go();
     join_cgroups(&o);
