@@ -291,7 +291,11 @@ class JobsEndpoint(Endpoint):
         decision = self.api.policy.authorize(identity, Action.START, None)
         if role is None or not decision.allowed:
             raise ApiError(403, "forbidden", f"{identity.name} may not start jobs")
-        spec = within_ceilings(role, parse_job_spec(read_json(request)))
+        spec = within_ceilings(
+            role,
+            parse_job_spec(read_json(request)),
+            self.api.manager.settings.default_limits,
+        )
         try:
             job = await self.api.manager.start(spec, identity.name, run_as=role.run_as)
         except OSError as e:
@@ -708,10 +712,13 @@ def parse_grace(body: Any) -> float | None:
     return float(grace)
 
 
-def within_ceilings(role: Role, spec: JobSpec) -> JobSpec:
+def within_ceilings(
+    role: Role, spec: JobSpec, defaults: Limits | None = None
+) -> JobSpec:
     """
     The spec with the role's ceilings applied: a limit above one is refused
-    (403, naming the limit); a limit left out gets the ceiling.
+    (403, naming the limit); a limit left out gets the server's default, but
+    never more than the ceiling, or the ceiling where there is no default.
     """
     limits = spec.limits
     effective = check_ceilings(
@@ -721,6 +728,7 @@ def within_ceilings(role: Role, spec: JobSpec) -> JobSpec:
         pids=limits.pids,
         io=limits.io.to_json(),
         network=spec.isolation.network,
+        defaults=defaults,
     )
     return dataclasses.replace(
         spec,

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from jobworker.spec import SIZE_UNITS, InvalidSpec, parse_size
+from jobworker.spec import SIZE_UNITS, InvalidSpec, Limits, parse_size
 
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # What useradd accepts, near enough; the launcher finds out if it exists.
@@ -107,9 +107,10 @@ class Decision:
 @dataclass(frozen=True)
 class EffectiveLimits:
     """
-    The limits a job gets once its role's ceilings apply: what it asked for,
-    or the ceiling where it asked for nothing, so no job escapes a ceiling by
-    leaving a limit out. None where neither says anything.
+    The limits a job gets once its role's ceilings apply: what it asked for;
+    where it asked for nothing, the server's default but never above the
+    ceiling, or the ceiling where there is no default, so no job escapes a
+    ceiling by leaving a limit out. None where none of them says anything.
     """
 
     cpu: float | None
@@ -230,27 +231,33 @@ def check_ceilings(
     pids: int | None = None,
     io: Mapping[str, int | None] | None = None,
     network: str = "none",
+    defaults: Limits | None = None,
 ) -> EffectiveLimits:
     """
     Refuse a request above ``role``'s ceilings (``CeilingExceeded``) or for
     host networking the role does not allow (``PermissionDenied``), naming
-    the field; otherwise return the limits the job should get.
+    the field; otherwise return the limits the job should get, with the
+    server's ``defaults`` (capped at the ceilings) for those left out.
     """
     ceilings = role.ceilings
+    defaults = defaults or Limits()
     requested_io = dict(io or {})
     unknown = set(requested_io) - set(IO_RATES + IO_COUNTS)
     if unknown:
         raise ValueError(f"unknown io limits: {', '.join(sorted(unknown))}")
     effective_io = {
         name: _bounded(
-            f"limits.io.{name}", requested_io.get(name), getattr(ceilings.io, name)
+            f"limits.io.{name}",
+            requested_io.get(name),
+            getattr(ceilings.io, name),
+            getattr(defaults.io, name),
         )
         for name in IO_RATES + IO_COUNTS
     }
     limits = EffectiveLimits(
-        cpu=_bounded("limits.cpu", cpu, ceilings.cpu),
-        memory=_bounded("limits.memory", memory, ceilings.memory),
-        pids=_bounded("limits.pids", pids, ceilings.pids),
+        cpu=_bounded("limits.cpu", cpu, ceilings.cpu, defaults.cpu),
+        memory=_bounded("limits.memory", memory, ceilings.memory, defaults.memory),
+        pids=_bounded("limits.pids", pids, ceilings.pids, defaults.pids),
         io=effective_io,
     )
     if network == "host" and not role.allow_host_network:
@@ -261,9 +268,13 @@ def check_ceilings(
     return limits
 
 
-def _bounded(field: str, requested: N | None, ceiling: N | None) -> N | None:
+def _bounded(
+    field: str, requested: N | None, ceiling: N | None, default: N | None
+) -> N | None:
     if requested is None:
-        return ceiling
+        if default is None:
+            return ceiling
+        return default if ceiling is None else min(default, ceiling)
     if ceiling is not None and requested > ceiling:
         raise CeilingExceeded(field, requested, ceiling)
     return requested

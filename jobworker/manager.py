@@ -15,7 +15,7 @@ import shutil
 import signal
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from twisted.application.service import Service
@@ -44,7 +44,7 @@ from jobworker.launcher import (
 from jobworker.linux.cgroups import CgroupError
 from jobworker.output import OutputChunk, OutputLog, Stream
 from jobworker.runner import JobProcessProtocol, RunningJob, process_start_time
-from jobworker.spec import JobSpec, parse_job_spec
+from jobworker.spec import JobSpec, Limits, parse_job_spec
 from jobworker.store import JobStore
 
 MiB = 1 << 20
@@ -105,6 +105,11 @@ class Settings:
     # and stops that reach every process. Off, jobs asking for limits are
     # refused.
     cgroups: bool = True
+    # Limits a job gets where it leaves them out (None: no limit). Through
+    # the API they never exceed the caller's role's ceilings (see
+    # jobworker.auth.check_ceilings); a job started here directly gets them
+    # as they are.
+    default_limits: Limits = field(default_factory=Limits)
 
 
 class JobManager(Service):
@@ -234,6 +239,8 @@ class JobManager(Service):
         """
         if self._closing:
             raise ShuttingDown("the server is shutting down")
+        defaults = self.settings.default_limits
+        spec = replace(spec, limits=spec.limits.or_defaults(defaults))
         # A JobSpec built by hand is checked as a request is: a NUL byte or
         # an oversized argv would otherwise fail only in the spawn.
         spec = parse_job_spec(spec.to_json())

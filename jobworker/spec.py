@@ -55,7 +55,11 @@ class IOLimits:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource ceilings of one job; ``None`` means the server's default."""
+    """
+    Resource ceilings of one job. In a request ``None`` means "left out": the
+    server's default applies, within the role's ceiling (see
+    ``jobworker.auth.check_ceilings``); in a job's record, no limit.
+    """
 
     cpu: float | None = None
     memory: int | None = None
@@ -76,6 +80,18 @@ class Limits:
             and self.memory is None
             and self.pids is None
             and self.io.is_empty()
+        )
+
+    def or_defaults(self, defaults: Limits) -> Limits:
+        """These limits, with ``defaults``' value for each one left out."""
+        io, default_io = self.io.to_json(), defaults.io.to_json()
+        return Limits(
+            cpu=defaults.cpu if self.cpu is None else self.cpu,
+            memory=defaults.memory if self.memory is None else self.memory,
+            pids=defaults.pids if self.pids is None else self.pids,
+            io=IOLimits(
+                **{k: default_io[k] if v is None else v for k, v in io.items()}
+            ),
         )
 
 

@@ -9,6 +9,7 @@ and closes the database.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -26,7 +27,7 @@ from jobworker.api import Api, ApiSettings
 from jobworker.auth import Policy, PolicyError
 from jobworker.launcher import UnknownUser
 from jobworker.manager import IsolationUnavailable, JobManager, Settings
-from jobworker.spec import InvalidSpec, parse_size
+from jobworker.spec import InvalidSpec, IOLimits, Limits, parse_size
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()
@@ -50,6 +51,16 @@ PARAMETERS = [
     ["body-timeout", None, 60.0, "Seconds to send a request's body.", float],
 ]
 TIMEOUTS = ("idle-timeout", "handshake-timeout", "header-timeout", "body-timeout")
+# The server's default limits: each for a job that leaves that limit out.
+DEFAULT_LIMITS: list[list[Any]] = [
+    ["default-cpu", None, None, "Default cpu limit, in CPUs (0.5: half of one)."],
+    ["default-memory", None, None, "Default memory limit, such as 512M or 2G."],
+    ["default-pids", None, None, "Default pids limit: processes and threads."],
+    ["default-read-bps", None, None, "Default disk read limit, bytes a second (20M)."],
+    ["default-write-bps", None, None, "Default disk write limit, bytes a second."],
+    ["default-read-iops", None, None, "Default disk reads a second."],
+    ["default-write-iops", None, None, "Default disk writes a second."],
+]
 # fmt: on
 
 
@@ -57,9 +68,11 @@ class Options(usage.Options):
     synopsis = "--cert FILE --key FILE --ca FILE [options]"
     longdesc = (
         "Serve the jobworker HTTPS API over mutual TLS. Clients present "
-        "certificates signed by --ca; the policy maps their names to roles."
+        "certificates signed by --ca; the policy maps their names to roles. "
+        "A job that leaves a limit out gets its --default-*, but never more "
+        "than its role's ceiling; without a default, the ceiling."
     )
-    optParameters: Any = PARAMETERS
+    optParameters: Any = PARAMETERS + DEFAULT_LIMITS
     optFlags: Any = [
         [
             "no-isolation",
@@ -84,6 +97,43 @@ class Options(usage.Options):
                 self[name] = parse_size(self[name], f"--{name}")
             except InvalidSpec as e:
                 raise usage.UsageError(str(e)) from None
+        for name, _, _, _ in DEFAULT_LIMITS:
+            if self[name] is not None:
+                self[name] = _default_limit(name, self[name])
+
+
+def _default_limit(name: str, value: str) -> float | int:
+    """One ``--default-*`` value, or a ``UsageError`` naming the option."""
+    option = f"--{name}"
+    if name.endswith(("memory", "bps")):
+        try:
+            return parse_size(value, option)
+        except InvalidSpec as e:
+            raise usage.UsageError(str(e)) from None
+    cpu = name == "default-cpu"
+    try:
+        number = float(value) if cpu else int(value)
+    except ValueError:
+        number = 0
+    if not 0 < number < math.inf:
+        kind = "positive number of CPUs" if cpu else "whole number, 1 or more"
+        raise usage.UsageError(f"{option} must be a {kind}")
+    return number
+
+
+def default_limits(options: Options) -> Limits:
+    """The ``--default-*`` options: the limits of a job that leaves them out."""
+    return Limits(
+        cpu=options["default-cpu"],
+        memory=options["default-memory"],
+        pids=options["default-pids"],
+        io=IOLimits(
+            read_bps=options["default-read-bps"],
+            write_bps=options["default-write-bps"],
+            read_iops=options["default-read-iops"],
+            write_iops=options["default-write-iops"],
+        ),
+    )
 
 
 def makeService(options: Options) -> IService:
@@ -117,6 +167,7 @@ def build_service(options: Options) -> IService:
             output_limit=options["output-limit"],
             default_grace=options["grace"],
             isolate=isolate,
+            default_limits=default_limits(options),
         ),
     )
     if isolate:

@@ -12,7 +12,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from jobworker.auth import Policy
 from jobworker.manager import JobManager, Settings
 from jobworker.output import Stream
 from jobworker.pki import write_dev_pki
+from jobworker.spec import Limits
 from jobworker.tls import client_tls_policy, server_tls_options
 
 reactor: Any = global_reactor
@@ -313,6 +314,20 @@ async def test_ceiling_exceeded_names_the_limit(server: Server) -> None:
     )
     assert (code, error_code(answer)) == (403, "forbidden")
     assert "isolation.network" in answer["error"]["message"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_left_out_get_the_default_within_the_ceiling(
+    server: Server,
+) -> None:
+    """A limit left out gets the server's default, capped at the role's ceiling."""
+    manager = server.manager
+    manager.settings = replace(
+        manager.settings, default_limits=Limits(memory=256 << 20, pids=100_000)
+    )
+    job = await start(server, "alice", "true")
+    assert (job["limits"]["memory"], job["limits"]["pids"]) == (256 << 20, 512)
+    assert job["limits"]["cpu"] == 2.0
 
 
 @pytest_twisted.ensureDeferred

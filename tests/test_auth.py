@@ -21,6 +21,7 @@ from jobworker.auth import (
     Scope,
     check_ceilings,
 )
+from jobworker.spec import IOLimits, Limits
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"
 ALICE, BOB, CHARLIE, MALLORY = (
@@ -408,6 +409,71 @@ def test_role_without_ceilings_passes_requests_through(policy: Policy) -> None:
     assert check_ceilings(auditor, memory=64 * G) == EffectiveLimits(
         cpu=None, memory=64 * G, pids=None, io=NO_IO
     )
+
+
+# Server defaults, for the limits a request leaves out.
+
+
+def test_default_below_the_ceiling_is_the_jobs_limit(policy: Policy) -> None:
+    """A limit left out gets the server's default where it is under the ceiling."""
+    defaults = Limits(
+        cpu=0.5, memory=512 * M, pids=64, io=IOLimits(read_bps=20 * M, write_iops=100)
+    )
+    limits = check_ceilings(policy.roles["operator"], defaults=defaults)
+    assert limits == EffectiveLimits(
+        cpu=0.5,
+        memory=512 * M,
+        pids=64,
+        io={
+            "read_bps": 20 * M,
+            "write_bps": 50 * M,
+            "read_iops": 2000,
+            "write_iops": 100,
+        },
+    )
+
+
+def test_default_above_the_ceiling_gives_the_ceiling(policy: Policy) -> None:
+    """A server default above the role's ceiling is capped at it, not refused."""
+    defaults = Limits(
+        cpu=4.0, memory=8 * G, pids=10_000, io=IOLimits(read_bps=G, write_iops=5000)
+    )
+    limits = check_ceilings(policy.roles["operator"], defaults=defaults)
+    assert limits == EffectiveLimits(
+        cpu=2.0,
+        memory=2 * G,
+        pids=512,
+        io={
+            "read_bps": 100 * M,
+            "write_bps": 50 * M,
+            "read_iops": 2000,
+            "write_iops": 1000,
+        },
+    )
+
+
+def test_no_default_gives_the_ceiling(policy: Policy) -> None:
+    """A limit left out with no server default for it gets the role's ceiling."""
+    limits = check_ceilings(policy.roles["operator"], defaults=Limits(memory=512 * M))
+    assert (limits.cpu, limits.memory, limits.pids) == (2.0, 512 * M, 512)
+    assert limits.io["read_bps"] == 100 * M
+
+
+def test_no_ceiling_and_no_default_gives_no_limit(policy: Policy) -> None:
+    """Without a ceiling a limit left out gets the default, or none if none is set."""
+    limits = check_ceilings(policy.roles["auditor"], defaults=Limits(memory=512 * M))
+    assert limits == EffectiveLimits(cpu=None, memory=512 * M, pids=None, io=NO_IO)
+
+
+def test_requested_limit_beats_the_default(policy: Policy) -> None:
+    """A limit the request sets stands over the default, and the ceiling still binds."""
+    operator = policy.roles["operator"]
+    defaults = Limits(memory=512 * M)
+    assert check_ceilings(operator, memory=G, defaults=defaults).memory == G
+    assert check_ceilings(operator, memory=M, defaults=defaults).memory == M
+    with pytest.raises(CeilingExceeded) as caught:
+        check_ceilings(operator, memory=4 * G, defaults=defaults)
+    assert caught.value.field == "limits.memory"
 
 
 @pytest.mark.parametrize(

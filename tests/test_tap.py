@@ -14,8 +14,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from twisted.python import usage
 
 from jobworker.pki import write_dev_pki
+from jobworker.spec import IOLimits, Limits
+from jobworker.tap import Options, default_limits
 
 ROOT = Path(__file__).parent.parent
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -87,6 +90,73 @@ def test_missing_option_is_a_usage_error(certs: Path, tmp_path: Path) -> None:
     result = subprocess.run(argv, capture_output=True, timeout=30)
     assert result.returncode != 0
     assert b"--ca is required" in result.stdout + result.stderr
+
+
+REQUIRED = ["--cert", "s.pem", "--key", "s.key", "--ca", "ca.pem"]
+DEFAULTS = [
+    "default-cpu", "default-memory", "default-pids", "default-read-bps",
+    "default-write-bps", "default-read-iops", "default-write-iops",
+]  # fmt: skip
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions([*REQUIRED, *argv])
+    return options
+
+
+def test_default_limits_are_parsed() -> None:
+    """--default-* options become the Settings' default limits, sizes in bytes."""
+    options = parse(
+        "--default-cpu", "0.5", "--default-memory", "512M", "--default-pids", "1024",
+        "--default-read-bps", "20M", "--default-write-bps", "10485760",
+        "--default-read-iops", "1000", "--default-write-iops", "500",
+    )  # fmt: skip
+    assert default_limits(options) == Limits(
+        cpu=0.5,
+        memory=512 << 20,
+        pids=1024,
+        io=IOLimits(
+            read_bps=20 << 20, write_bps=10 << 20, read_iops=1000, write_iops=500
+        ),
+    )
+
+
+def test_no_default_limits_by_default() -> None:
+    """Without --default-* options no limit has a server default."""
+    assert default_limits(parse()) == Limits()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--default-cpu", "0"], "--default-cpu must be a positive number of CPUs"),
+        (["--default-cpu", "nan"], "--default-cpu must be a positive number of CPUs"),
+        (["--default-cpu", "two"], "--default-cpu must be a positive number of CPUs"),
+        (["--default-memory", "lots"], "--default-memory: must be a size such as"),
+        (["--default-memory", "0"], "--default-memory: must be at least one byte"),
+        (["--default-pids", "0"], "--default-pids must be a whole number, 1 or more"),
+        (["--default-pids", "1.5"], "--default-pids must be a whole number"),
+        (["--default-write-bps", "-1"], "--default-write-bps: must be a size"),
+        (["--default-read-iops", "x"], "--default-read-iops must be a whole number"),
+    ],
+)
+def test_bad_default_limit_is_a_usage_error(argv: list[str], message: str) -> None:
+    """A bad --default-* value is a one-line usage error naming the option."""
+    with pytest.raises(usage.UsageError) as caught:
+        parse(*argv)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_help_shows_the_default_limits() -> None:
+    """`twistd jobworker --help` lists every --default-* option."""
+    result = subprocess.run(
+        [str(TWISTD), "jobworker", "--help"], capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    for name in DEFAULTS:
+        assert f"--{name}=".encode() in result.stdout
 
 
 @pytest.fixture
