@@ -9,7 +9,8 @@ Usage:
                                              start several; one id per line
     jobworker-client output -f ID            follow a job's output
     jobworker-client status ID [ID...]       records of jobs
-    jobworker-client list [--status running] [--owner NAME]
+    jobworker-client list [--status running] [--owner NAME | --all]
+                                             our jobs; --all: all we may read
     jobworker-client stop [--grace 5] ID [ID...]
     jobworker-client wait ID                 block until it ends; exit with its code
     jobworker-client purge ID [ID...]        delete ended jobs and their output
@@ -66,6 +67,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, NoReturn
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import react
 from twisted.python.failure import Failure
@@ -169,6 +172,7 @@ class Invocation:
     client: JobworkerClient
     console: Console
     interrupt: Interrupt
+    connection: Connection
 
     @property
     def json(self) -> bool:
@@ -237,8 +241,9 @@ async def status_command(run: Invocation) -> int:
 
 
 async def list_command(run: Invocation) -> int:
+    """The jobs of --owner, all we may read (--all), or by default our own."""
     status = ",".join(run.args.status) if run.args.status else None
-    jobs = await run.client.list(status=status, owner=run.args.owner)
+    jobs = await run.client.list(status=status, owner=list_owner(run))
     if run.json:
         run.console.json({"jobs": [dict(job.raw) for job in jobs]})
     elif not jobs:
@@ -247,6 +252,40 @@ async def list_command(run: Invocation) -> int:
         for row in table(jobs):
             run.console.line(row)
     return Exit.OK
+
+
+def list_owner(run: Invocation) -> str | None:
+    """Whose jobs ``list`` asks for; None: every job our role may read."""
+    if run.args.all:
+        return None
+    if run.args.owner is not None:
+        return str(run.args.owner)
+    return certificate_name(run.connection.cert)
+
+
+def certificate_name(path: str) -> str:
+    """Who the server takes us for: the subject CN of our certificate."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise TLSConfigError(
+            f"cannot read client certificate {path}: {e.strerror}"
+        ) from None
+    try:
+        leaf = x509.load_pem_x509_certificates(data)[0]
+    except ValueError:
+        raise TLSConfigError(
+            f"client certificate {path} is not a PEM certificate"
+        ) from None
+    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = names[0].value if len(names) == 1 else None
+    if not (isinstance(name, str) and name):
+        raise UsageError(
+            f"client certificate {path} has no single subject CN: "
+            "give list --owner NAME or --all"
+        )
+    return name
 
 
 async def purge_command(run: Invocation) -> int:
@@ -642,7 +681,7 @@ async def dispatch(
         client = connect(connection)
         try:
             return await COMMANDS[args.name](
-                Invocation(args, client, console, interrupt)
+                Invocation(args, client, console, interrupt, connection)
             )
         finally:
             await client.close()
@@ -753,6 +792,12 @@ def status_names(text: str) -> list[str]:
                 f"{name!r} is not one of {', '.join(STATUSES)}"
             )
     return names
+
+
+def owner_name(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("give a name (or --all for everyone's)")
+    return text
 
 
 def add_common(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -920,7 +965,11 @@ def parser() -> ArgumentParser:
     status = command("status", "show jobs' records")
     status.add_argument("ids", nargs="+", metavar="ID")
 
-    listing = command("list", "list the jobs our role may read")
+    listing = command(
+        "list",
+        "list our jobs, or with --all every job our role may read",
+        "Our jobs are those owned by the subject CN of our certificate (--cert).",
+    )
     listing.add_argument(
         "--status",
         type=status_names,
@@ -928,7 +977,15 @@ def parser() -> ArgumentParser:
         metavar="STATUS[,STATUS...]",
         help=f"only these: {', '.join(STATUSES)}",
     )
-    listing.add_argument("--owner", metavar="NAME", help="only this owner's jobs")
+    whose = listing.add_mutually_exclusive_group()
+    whose.add_argument(
+        "--owner", metavar="NAME", type=owner_name, help="only this owner's jobs"
+    )
+    whose.add_argument(
+        "--all",
+        action="store_true",
+        help="every job our role may read, whoever owns it",
+    )
 
     output = command(
         "output",

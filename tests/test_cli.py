@@ -7,13 +7,19 @@ client; nothing touches the network or the reactor.
 from __future__ import annotations
 
 import builtins
+import datetime
 import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -46,6 +52,7 @@ from jobworker.client import (
     Unavailable,
 )
 from jobworker.output import OutputChunk
+from jobworker.pki import make_ca, make_client_cert
 from jobworker.tls import TLSConfigError
 
 ID = "8f0c1e0e2b7a4c55b0b1d6a1c3e9f7aa"
@@ -126,7 +133,7 @@ class FakeClient(JobworkerClient):
         self, status: str | None = None, owner: str | None = None
     ) -> builtins.list[JobRecord]:
         self.calls.append(("list", status, owner))
-        return builtins.list(self.records.values())
+        return [j for j in self.records.values() if owner in (None, j.owner)]
 
     async def purge(self, job_id: str) -> None:
         self.calls.append(("purge", job_id))
@@ -236,6 +243,42 @@ def json_lines(data: bytes) -> list[Any]:
     return [json.loads(line) for line in data.decode().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def as_alice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment whose client certificate has the subject CN alice."""
+    cert = tmp_path_factory.mktemp("certs") / "alice.pem"
+    cert.write_bytes(make_client_cert(make_ca("test CA"), "alice").cert_pem())
+    return {"JOBWORKER_CERT": str(cert)}
+
+
+def certificate_without_cn(path: Path) -> Path:
+    """Write a self-signed certificate whose subject has no CN."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "jobworker")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def three_owners() -> FakeClient:
+    """A client with one job each of alice, bob and charlie."""
+    client = FakeClient()
+    client.records = {
+        name: job(id=name * 4, owner=name) for name in ("alice", "bob", "charlie")
+    }
+    return client
+
+
 # Parsing
 
 
@@ -324,6 +367,7 @@ def test_start_several_jobs_in_order() -> None:
         (["stop", "--grace", "5000", "x"], "argument --grace: give seconds"),
         (["stop"], "stop: the following arguments are required: ID"),
         (["list", "--status", "done"], "'done' is not one of running"),
+        (["list", "--owner", ""], "argument --owner: give a name"),
         (["output", "--offset", "-3", "x"], "argument --offset: '-3' is not a whole"),
         (["output", "--stream", "both", "x"], "argument --stream: invalid choice"),
         (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
@@ -394,9 +438,9 @@ def test_list_is_a_table() -> None:
         "b" * 32: job(id="b" * 32, owner="charlie", status="stopped", signal=9),
         "c" * 32: job(id="c" * 32, command="sleep", args=["100"], started_at=None),
     }
-    run = cli(["list", "--status", "running,exited", "--owner", "alice"], client)
+    run = cli(["list", "--status", "running,exited", "--all"], client)
     assert run.code == Exit.OK
-    assert client.calls == [("list", "running,exited", "alice")]
+    assert client.calls == [("list", "running,exited", None)]
     assert run.out.decode().splitlines() == [
         "ID                                OWNER    STATUS   EXIT     STARTED (UTC)        COMMAND",  # noqa: E501
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa  alice    exited   0        2026-11-22 10:00:01  /bin/echo 'hi there'",  # noqa: E501
@@ -405,17 +449,76 @@ def test_list_is_a_table() -> None:
     ]
 
 
-def test_empty_list_says_so() -> None:
+def test_empty_list_says_so(as_alice: dict[str, str]) -> None:
     """No jobs is a sentence, not an empty table."""
     client = FakeClient()
     client.records = {}
-    assert cli(["list"], client).out == b"no jobs\n"
+    assert cli(["list"], client, as_alice).out == b"no jobs\n"
 
 
-def test_list_json_is_one_document() -> None:
-    """list --json prints {"jobs": [...]} with the records as received."""
-    run = cli(["list", "--json"])
+def test_list_json_is_one_document(as_alice: dict[str, str]) -> None:
+    """list --json prints {"jobs": [...]} with our records as received."""
+    client = FakeClient()
+    client.records["x"] = job(id="x", owner="charlie")
+    run = cli(["list", "--json"], client, as_alice)
     assert json_lines(run.out) == [{"jobs": [record()]}]
+
+
+def test_list_shows_only_our_own_jobs_by_default(as_alice: dict[str, str]) -> None:
+    """list asks for the jobs of our certificate's CN, and shows only those."""
+    client = three_owners()
+    run = cli(["list", "--status", "running"], client, as_alice)
+    assert run.code == Exit.OK
+    assert client.calls == [("list", "running", "alice")]
+    assert [row.split()[1] for row in run.out.decode().splitlines()] == [
+        "OWNER",
+        "alice",
+    ]
+
+
+def test_list_all_shows_every_job_we_may_read() -> None:
+    """list --all asks for no owner, so others' jobs are shown too."""
+    client = three_owners()
+    run = cli(["list", "--all", "--json"], client)
+    assert run.code == Exit.OK
+    assert client.calls == [("list", None, None)]
+    [document] = json_lines(run.out)
+    assert [j["owner"] for j in document["jobs"]] == ["alice", "bob", "charlie"]
+
+
+def test_list_owner_shows_that_owners_jobs() -> None:
+    """list --owner NAME asks for NAME's jobs, whoever we are."""
+    client = three_owners()
+    run = cli(["list", "--owner", "bob"], client)
+    assert run.code == Exit.OK
+    assert client.calls == [("list", None, "bob")]
+    assert [row.split()[1] for row in run.out.decode().splitlines()] == [
+        "OWNER",
+        "bob",
+    ]
+
+
+def test_list_owner_with_all_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """--owner and --all together are a usage error: one line, exit 2."""
+    with pytest.raises(SystemExit) as caught:
+        main(["list", "--owner", "bob", "--all"])
+    assert caught.value.code == Exit.USAGE
+    assert capsys.readouterr().err.splitlines() == [
+        "jobworker-client: list: argument --all: not allowed with argument "
+        "--owner (see jobworker-client --help)"
+    ]
+
+
+def test_list_with_no_cn_in_our_certificate_is_exit_2(tmp_path: Path) -> None:
+    """Without a CN we cannot tell whose jobs are ours: exit 2, one line."""
+    cert = certificate_without_cn(tmp_path / "anonymous.pem")
+    client = three_owners()
+    run = cli(["list", "--cert", str(cert)], client)
+    assert (run.code, run.out, client.calls) == (Exit.USAGE, b"", [])
+    assert run.err == [
+        f"jobworker-client: client certificate {cert} has no single subject CN: "
+        "give list --owner NAME or --all"
+    ]
 
 
 def test_status_describes_each_job() -> None:

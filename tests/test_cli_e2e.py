@@ -170,9 +170,17 @@ def test_start_status_list_stop_wait_purge(server: Server) -> None:
 
     status = server.client("status", "--json", job_id)
     assert json.loads(status.stdout)["status"] == "running"
-    for user in ("alice", "bob"):  # bob audits everything
-        listed = server.client("list", "--json", "--status", "running", user=user)
-        assert job_id in [j["id"] for j in json.loads(listed.stdout)["jobs"]], user
+    for user, argv in [
+        ("alice", []),  # her own jobs, by default
+        ("bob", ["--all"]),  # bob audits everything
+        ("bob", ["--owner", "alice"]),
+    ]:
+        listed = server.client(
+            "list", "--json", "--status", "running", *argv, user=user
+        )
+        assert job_id in [j["id"] for j in json.loads(listed.stdout)["jobs"]], argv
+    bobs = json.loads(server.client("list", "--json", user="bob").stdout)
+    assert job_id not in [j["id"] for j in bobs["jobs"]]
     table = server.client("list").stdout.decode()
     assert table.startswith("ID ")
     assert f"{job_id}  alice  " in table
