@@ -7,7 +7,8 @@ joins the job to it before the command's first instruction (the
 process of the cgroup, so nothing a job forked, double-forked or ``setsid``-ed
 escapes. When the job ends, its usage is read, anything left is killed, and
 the cgroup is removed; a cgroup whose last process is still dying is tried
-again a little later, a bounded number of times.
+again a little later, a bounded number of times. What is still left then
+(a process stuck in the kernel) is reclaimed at the next start.
 
 Where no cgroups can be had, jobs still run, but a job that asks for limits is
 refused (``LimitsUnavailable``): a limit that silently does nothing is worse
@@ -17,8 +18,9 @@ than a clear no.
 from __future__ import annotations
 
 import signal
+from collections.abc import Container
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from jobworker.job import Usage
@@ -36,6 +38,10 @@ from jobworker.spec import Limits
 # A cgroup whose processes are still being torn down is removed again after
 # these delays (seconds); past the last one it is left for the next start.
 REMOVE_RETRIES = (0.05, 0.2, 1.0, 5.0)
+# A kill that could not be sure to reach every process (the freezer was still
+# freezing, and nothing on the reactor's thread waits for it) is done again
+# after these delays (seconds), while the job still has processes.
+KILL_RETRIES = (0.01, 0.1, 1.0, 5.0)
 
 
 class LimitsUnavailable(Exception):
@@ -50,6 +56,7 @@ class JobConfinement:
     def __init__(self, cgroup: JobCgroup, clock: IReactorTime) -> None:
         self.cgroup = cgroup
         self._clock = clock
+        self._kill_again: IDelayedCall | None = None
 
     def procs_paths(self) -> tuple[str, ...]:
         return tuple(self.cgroup.procs_paths())
@@ -59,10 +66,12 @@ class JobConfinement:
 
     def signal(self, number: int) -> None:
         try:
-            if number == signal.SIGKILL:
-                self.cgroup.kill_all()
-            else:
+            if number != signal.SIGKILL:
                 self.cgroup.signal_all(number)
+            elif not self.cgroup.kill_all() and self._kill_again is None:
+                # A child forked while freezing may have been missed; it
+                # would hold the job's output open, and the job, forever.
+                self._schedule_kill(0)
         except CgroupError as e:
             self.log.error(
                 "job {job_id}: cannot signal its cgroup: {error}",
@@ -70,11 +79,40 @@ class JobConfinement:
                 error=e,
             )
 
+    def _schedule_kill(self, attempt: int) -> None:
+        delay = KILL_RETRIES[attempt]
+        self._kill_again = self._clock.callLater(delay, self._kill, attempt)
+
+    def _kill(self, attempt: int) -> None:
+        self._kill_again = None
+        try:
+            if self.cgroup.is_empty() or self.cgroup.kill_all():
+                return
+        except CgroupError as e:
+            self.log.error(
+                "job {job_id}: cannot signal its cgroup: {error}",
+                job_id=self.cgroup.job_id,
+                error=e,
+            )
+            return
+        if attempt + 1 < len(KILL_RETRIES):
+            self._schedule_kill(attempt + 1)
+        else:
+            self.log.warn(
+                "job {job_id}: its cgroup is still freezing; processes forked"
+                " meanwhile may live on",
+                job_id=self.cgroup.job_id,
+            )
+
     def leader_exited(self) -> None:
         """Nothing to forget: the cgroup knows its members, not our PID."""
 
     def finish(self) -> tuple[Usage | None, bool]:
         """Read usage, end what is left, remove the cgroup (maybe later)."""
+        # From here on removal kills whatever it finds, as often as it tries.
+        if self._kill_again is not None:
+            self._kill_again.cancel()
+            self._kill_again = None
         try:
             counted = self.cgroup.usage()
         except CgroupError as e:
@@ -190,16 +228,28 @@ class Confinement:
             raise
         return JobConfinement(cgroup, self._clock)
 
-    def reclaim(self, job_ids: set[str]) -> int:
+    def reclaim(self, job_ids: Container[str]) -> int:
         """
-        Kill and remove the cgroups of ``job_ids`` (jobs a previous server
-        left behind). Only jobs this server's store knows: another server
-        sharing the cgroup parent keeps its own.
+        At start-up, before any job starts: kill what is left in the job
+        cgroups an earlier run left behind, and remove them (later, if their
+        processes take a while to go); how many were found.
+
+        ``job_ids`` are this server's jobs (its store's): any of them, lost
+        with the server or ended with a cgroup still busy when removal gave
+        up, since none runs any more. Nothing else is touched, even under
+        the server's own ``jobworker`` parent: that parent is shared by every
+        server in the same cgroup (on v1, often the root cgroup of a
+        hierarchy), and their running jobs are theirs.
         """
         if self.driver is None:
             return 0
         reclaimed = 0
-        for job_id in set(self.driver.leftovers()) & job_ids:
+        for job_id in (j for j in self.driver.leftovers() if j in job_ids):
+            self.log.info(
+                "job {job_id}: its cgroup was left from before: emptying and"
+                " removing it",
+                job_id=job_id,
+            )
             try:
                 cgroup = self.driver.open(job_id)
                 JobConfinement(cgroup, self._clock)._remove(0)

@@ -170,7 +170,10 @@ class JobManager(Service):
         lost = list(self._store.unfinished())
         for job in lost:
             self._recover(job)
-        self.confinement.reclaim({job.id for job in lost})
+        # Any of our jobs may have left a cgroup: a lost one, or one that
+        # ended while its cgroup stayed busy. None of ours runs yet; the ids
+        # on record keep other servers' jobs (under the same parent) out.
+        self.confinement.reclaim(self._store.ids())
 
     def _recover(self, job: Job) -> None:
         killed = kill_session(job.pid, job.pid_start_time)

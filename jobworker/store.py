@@ -82,6 +82,10 @@ class JobStore:
         )
         return [job_from_row(json.loads(r[0])) for r in rows]
 
+    def ids(self) -> set[str]:
+        """The id of every job on record."""
+        return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+
     def unfinished(self) -> Iterator[Job]:
         """Jobs whose record says they were still running."""
         yield from self.list(statuses={JobStatus.RUNNING, JobStatus.STOPPING})

@@ -7,6 +7,7 @@ killed, nothing left behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -17,7 +18,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from twisted.internet.task import Clock
 
+from jobworker.confinement import (
+    KILL_RETRIES,
+    Confinement,
+    JobConfinement,
+)
 from jobworker.linux import cgroups
 from jobworker.linux.cgroups import (
     CgroupError,
@@ -419,18 +426,23 @@ def test_v2_kill_and_emptiness(v2: CgroupV2Driver) -> None:
     """kill_all() writes 1 to cgroup.kill; emptiness is cgroup.events' populated."""
     job = v2.open("j1")
     write_files(job.path, {"cgroup.kill": "", "cgroup.events": "populated 1\n"})
-    job.kill_all()
+    assert job.kill_all() is True  # the kernel's kill misses nothing
     assert (job.path / "cgroup.kill").read_text() == "1\n"
     assert not job.is_empty()
     (job.path / "cgroup.events").write_text("populated 0\nfrozen 0\n")
     assert job.is_empty()
 
 
-def test_v2_kill_without_cgroup_kill(v2: CgroupV2Driver) -> None:
-    """Before cgroup.kill, kill_all() freezes, kills each process and thaws."""
+@pytest.mark.parametrize("frozen", [0, 1])
+def test_v2_kill_without_cgroup_kill(v2: CgroupV2Driver, frozen: int) -> None:
+    """Before cgroup.kill, kill_all() freezes, kills each process and thaws;
+    it is sure to have reached all only if cgroup.events said frozen."""
     job = v2.open("j1")
-    write_files(job.path, {"cgroup.freeze": "", "cgroup.procs": ""})
-    job.kill_all()
+    events = f"populated 1\nfrozen {frozen}\n"
+    write_files(
+        job.path, {"cgroup.freeze": "", "cgroup.procs": "", "cgroup.events": events}
+    )
+    assert job.kill_all() is bool(frozen)
     assert (job.path / "cgroup.freeze").read_text() == "1\n0\n"
 
 
@@ -533,9 +545,62 @@ def test_v1_kill_all_freezes(v1: CgroupV1Driver) -> None:
     """kill_all() freezes the job, signals what it holds, then thaws it."""
     job = v1.create("j1")
     v1_job_files(job)
-    job.kill_all()
+    assert job.kill_all() is True  # the fake reads FROZEN once written
     assert (job.paths["freezer"] / "freezer.state").read_text() == "FROZEN\nTHAWED\n"
     assert job.is_empty()
+
+
+@pytest.mark.parametrize(
+    ("states", "passes", "sure"),
+    [
+        ([True], 1, True),  # frozen at once: one listing is everything
+        ([False, True], 2, True),  # frozen after signalling: listed again
+        ([False, False], 1, False),  # still freezing: the caller calls again
+    ],
+)
+def test_kill_frozen_checks_the_freezer(
+    states: list[bool], passes: int, sure: bool
+) -> None:
+    """Processes are listed and signalled again once the freezer is seen
+    frozen; while it is still freezing the kill says it is not sure. It
+    always thaws, and never waits."""
+    freezes: list[bool] = []
+    listings: list[int] = []
+
+    def list_pids() -> set[int]:
+        listings.append(1)
+        return set()
+
+    is_frozen = iter(states).__next__
+    assert cgroups._kill_frozen(freezes.append, is_frozen, list_pids) is sure
+    assert (len(listings), freezes) == (passes, [True, False])
+
+
+def test_kill_frozen_thaws_on_error() -> None:
+    """A listing that fails still thaws the cgroup."""
+    freezes: list[bool] = []
+
+    def list_pids() -> set[int]:
+        raise CgroupError("read cgroup.procs: gone")
+
+    with pytest.raises(CgroupError):
+        cgroups._kill_frozen(freezes.append, lambda: False, list_pids)
+    assert freezes == [True, False]
+
+
+def test_v1_pids_of_a_partly_removed_job(v1: CgroupV1Driver) -> None:
+    """A job whose removal was cut short, gone from some hierarchies, is
+    listed from those left, and is empty if they are."""
+    job = v1.create("j1")
+    v1_job_files(job)
+    for directory in job.dirs():
+        if directory != job.paths["memory"]:
+            for f in directory.iterdir():
+                f.unlink()
+            directory.rmdir()
+    assert job.is_empty()
+    (job.paths["memory"] / "cgroup.procs").write_text(f"{FAKE_PIDS[0]}\n")
+    assert job.pids() == {FAKE_PIDS[0]}
 
 
 def test_v1_pids_across_hierarchies(v1: CgroupV1Driver) -> None:
@@ -577,6 +642,91 @@ def test_describe_without_io(tmp_path: Path, v2_own: Path) -> None:
     assert driver.describe().endswith(
         "limits: cpu, memory, pids, no io (no block device)"
     )
+
+
+# -- a job's confinement --------------------------------------------------------
+
+
+class KillCounter:
+    """A job cgroup that only counts kills; each says whether it was sure."""
+
+    job_id = "j1"
+
+    def __init__(self, sure: list[bool], members: int = 1) -> None:
+        self.sure = sure
+        self.members = members
+        self.kills = 0
+
+    def procs_paths(self) -> list[str]:
+        return []
+
+    def set_limits(self, limits: CgroupLimits) -> None:
+        pass
+
+    def pids(self) -> set[int]:
+        return set(FAKE_PIDS[: self.members])
+
+    def signal_all(self, sig: int) -> int:
+        return 0
+
+    def kill_all(self) -> bool:
+        self.kills += 1
+        return self.sure.pop(0)
+
+    def is_empty(self) -> bool:
+        return self.members == 0
+
+    def usage(self) -> Usage:
+        return Usage(0.0, None, 0, 0, False)
+
+    def remove(self) -> bool:
+        return self.members == 0
+
+
+def test_kill_not_sure_is_done_again() -> None:
+    """A SIGKILL whose freezer was still freezing is sent again, a little
+    later, until one is sure; another SIGKILL meanwhile adds no retry."""
+    cgroup = KillCounter([False, False, False, True])
+    clock = Clock()
+    confinement = JobConfinement(cgroup, clock)
+    confinement.signal(signal.SIGKILL)
+    confinement.signal(signal.SIGKILL)
+    assert (cgroup.kills, len(clock.getDelayedCalls())) == (2, 1)
+    clock.advance(KILL_RETRIES[0])
+    clock.advance(KILL_RETRIES[1])
+    assert (cgroup.kills, clock.getDelayedCalls()) == (4, [])
+
+
+def test_kill_again_bounded_and_stops_when_empty() -> None:
+    """Kills are retried a bounded number of times, and not once the job is
+    empty or has ended (its removal then kills what it finds)."""
+    cgroup = KillCounter([False] * 10)
+    clock = Clock()
+    JobConfinement(cgroup, clock).signal(signal.SIGKILL)
+    clock.pump(KILL_RETRIES)
+    assert (cgroup.kills, clock.getDelayedCalls()) == (1 + len(KILL_RETRIES), [])
+
+    cgroup = KillCounter([False] * 10)
+    JobConfinement(cgroup, clock).signal(signal.SIGKILL)
+    cgroup.members = 0
+    clock.pump(KILL_RETRIES)
+    assert (cgroup.kills, clock.getDelayedCalls()) == (1, [])
+
+    cgroup = KillCounter([False] * 10, members=0)
+    confinement = JobConfinement(cgroup, clock)
+    confinement.signal(signal.SIGKILL)
+    confinement.finish()
+    assert (cgroup.kills, clock.getDelayedCalls()) == (1, [])
+
+
+def test_reclaim_only_this_servers_jobs(v1: CgroupV1Driver) -> None:
+    """Reclaim removes the leftovers of the jobs it is given, whatever their
+    end, and leaves the others (another server's) alone."""
+    for job_id in ("ended", "lost", "theirs"):
+        v1.create(job_id)
+    confinement = Confinement(v1, "", Clock())
+    assert confinement.reclaim({"ended", "lost", "unknown"}) == 2
+    assert v1.leftovers() == ["theirs"]
 
 
 # -- block devices ------------------------------------------------------------
@@ -685,8 +835,7 @@ class RealCgroups:
             process.wait()
         left = self.driver.leftovers()
         for job in (job for job in self.jobs if job.job_id in left):
-            job.kill_all()
-            wait_for(job.is_empty)
+            wait_for(functools.partial(emptied, job))
             assert job.remove()
         for directory in self.parents():
             directory.rmdir()
@@ -696,6 +845,30 @@ class RealCgroups:
             return [self.driver.base]
         assert isinstance(self.driver, CgroupV1Driver)
         return [h.base for h in self.driver.hierarchies]
+
+
+def emptied(job: JobCgroup) -> bool:
+    """Whether ``job`` is empty; if not, kill what is there (again)."""
+    if job.is_empty():
+        return True
+    job.kill_all()
+    return False
+
+
+def run_retries(clock: Clock, pause: float = 0.0) -> None:
+    """Run the confinement's retries, each when its time comes on ``clock``,
+    after ``pause`` seconds of real time (for processes to do their part)."""
+    while calls := clock.getDelayedCalls():
+        time.sleep(pause)
+        clock.advance(min(c.getTime() for c in calls) - clock.seconds())
+
+
+def job_dirs(job: JobCgroup) -> list[Path]:
+    """The job's directory in each hierarchy."""
+    if isinstance(job, CgroupV2Job):
+        return [job.path]
+    assert isinstance(job, CgroupV1Job)
+    return job.dirs()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -913,3 +1086,73 @@ def test_real_leftovers(real: RealCgroups) -> None:
     assert again.is_empty()
     assert again.remove()
     assert real.driver.leftovers() == [second.job_id]
+
+
+@pytest.mark.root
+def test_real_reclaim_leftover_of_ended_job(real: RealCgroups) -> None:
+    """At start-up, the cgroup of a job that ended (not lost) but stayed busy
+    is emptied and removed in every hierarchy; one of a job the server does
+    not know (another server's, sharing the parent) is left alone."""
+    ended, theirs = real.create(), real.create()
+    sleeper = real.spawn(ended, "sleep", "1000")
+    other = real.spawn(theirs, "sleep", "1000")
+    assert ended.pids() == {sleeper.pid}
+    assert all((parent / ended.job_id).is_dir() for parent in real.parents())
+    clock = Clock()
+    # What the manager passes: its store's job ids; none of them is lost.
+    reclaimed = Confinement(real.driver, "", clock).reclaim({ended.job_id, "gone"})
+    assert reclaimed == 1
+    assert sleeper.wait(5) == -signal.SIGKILL
+    assert is_gone(sleeper.pid)
+    wait_for(ended.is_empty)
+    run_retries(clock)
+    assert [p for p in real.parents() if (p / ended.job_id).exists()] == []
+    assert real.driver.leftovers() == [theirs.job_id]
+    assert other.poll() is None
+    assert theirs.pids() == {other.pid}
+
+
+@pytest.mark.root
+def test_real_reclaim_partly_removed_leftover(real: RealCgroups) -> None:
+    """A leftover whose removal was cut short (on v1, gone from some
+    hierarchies only) is found empty and removed from the others."""
+    job = real.create()
+    dirs = job_dirs(job)
+    for directory in dirs[1:]:
+        directory.rmdir()
+    clock = Clock()
+    assert Confinement(real.driver, "", clock).reclaim({job.job_id}) == 1
+    assert clock.getDelayedCalls() == []
+    assert [d for d in dirs if d.exists()] == []
+    assert real.driver.leftovers() == []
+
+
+@pytest.mark.root
+def test_real_kill_reaches_a_fork_storm(real: RealCgroups) -> None:
+    """SIGKILL through the confinement ends processes that fork and exit as
+    fast as they can, however slowly the freezer then freezes them: a kill
+    not sure to have reached them all is done again, never waited for."""
+    job = real.create(CgroupLimits(pids=64))
+    script = """if 1:
+        import os
+        for _ in range(3):
+            os.fork()
+        while True:
+            try:
+                if os.fork():
+                    os._exit(0)
+            except OSError:
+                pass
+    """
+    real.spawn(job, PYTHON, "-c", script)
+    wait_for(lambda: len(job.pids()) >= 4)
+    clock = Clock()
+    confinement = JobConfinement(job, clock)
+    confinement.signal(signal.SIGKILL)
+    run_retries(clock, pause=KILL_RETRIES[0])
+    wait_for(job.is_empty)
+    if isinstance(job, CgroupV1Job):
+        assert control(job, "freezer", "freezer.state") == "THAWED\n"
+    confinement.finish()
+    run_retries(clock)
+    assert real.driver.leftovers() == []

@@ -9,9 +9,10 @@ freezer; cpuset and devices are left alone). Hierarchies are found in
 
 Everything here is a handful of small reads and writes of cgroupfs files, so
 the server calls it from its reactor thread. Nothing waits: where waiting
-would be needed (a killed process takes a moment to leave its cgroup), there
-is a check the caller polls (``is_empty``) and a step that may be repeated
-(``kill_all``, ``remove``).
+would be needed (a killed process takes a moment to leave its cgroup, a
+freezer a moment to freeze), there is a check the caller polls (``is_empty``)
+and a step that may be repeated (``kill_all``, which says whether it is sure
+to have reached every process, and ``remove``).
 
 Choices worth knowing:
 
@@ -141,8 +142,11 @@ class JobCgroup(Protocol):
     def signal_all(self, sig: int) -> int:
         """Send ``sig`` to every process in it; how many were signalled."""
 
-    def kill_all(self) -> None:
-        """SIGKILL every process in it, none able to fork away meanwhile."""
+    def kill_all(self) -> bool:
+        """
+        SIGKILL every process in it, none able to fork away meanwhile. False
+        when that is not certain (a freezer still freezing): call again soon.
+        """
 
     def is_empty(self) -> bool:
         """Whether no live process is left in it."""
@@ -296,6 +300,35 @@ def _signal_batch(list_pids: Callable[[], set[int]], pids: list[int], sig: int) 
     finally:
         for fd in pinned.values():
             os.close(fd)
+
+
+def _kill_frozen(
+    freeze: Callable[[bool], None],
+    is_frozen: Callable[[], bool],
+    list_pids: Callable[[], set[int]],
+) -> bool:
+    """
+    SIGKILL every process ``list_pids`` reports, with the cgroup frozen so
+    that none forks a child that would not be listed; the kills land when it
+    thaws. Freezing takes a moment (each process stops on its way back to
+    user space; one in uninterruptible sleep only once it wakes), and a child
+    forked meanwhile may be missed. Nothing waits here (this runs on the
+    reactor's thread): the state is checked again after signalling, and once
+    frozen what is listed is everything, so it is signalled again (SIGKILL
+    twice is harmless). Still freezing: False, and the caller calls again a
+    little later. Always thawed before returning: a cgroup left frozen would
+    hold its killed processes, and the job, forever if no call came.
+    """
+    freeze(True)
+    try:
+        frozen = is_frozen()
+        _signal_members(list_pids, signal.SIGKILL)
+        if not frozen and is_frozen():
+            _signal_members(list_pids, signal.SIGKILL)
+            frozen = True
+        return frozen
+    finally:
+        freeze(False)
 
 
 # -- /proc/self/mountinfo and /proc/self/cgroup -----------------------------
@@ -579,16 +612,17 @@ class CgroupV2Job:
     def signal_all(self, sig: int) -> int:
         return _signal_members(self.pids, sig)
 
-    def kill_all(self) -> None:
+    def kill_all(self) -> bool:
         if (self.path / "cgroup.kill").exists():
+            # The kernel kills every member, and any child being forked.
             _write(self.path / "cgroup.kill", "1")
-            return
+            return True
         # Before Linux 5.14: the same, by hand, frozen so nothing forks.
-        _write(self.path / "cgroup.freeze", "1")
-        try:
-            _signal_members(self.pids, signal.SIGKILL)
-        finally:
-            _write(self.path / "cgroup.freeze", "0")
+        return _kill_frozen(
+            lambda frozen: _write(self.path / "cgroup.freeze", str(int(frozen))),
+            lambda: _keyed(_read(self.path / "cgroup.events")).get("frozen") == 1,
+            self.pids,
+        )
 
     def is_empty(self) -> bool:
         return _keyed(_read(self.path / "cgroup.events"))["populated"] == 0
@@ -753,23 +787,27 @@ class CgroupV1Job:
     def pids(self) -> set[int]:
         found: set[int] = set()
         for path in self.dirs():
-            found |= _procs(path)
+            try:
+                found |= _procs(path)
+            except CgroupError as e:
+                # Gone from this hierarchy, so empty there: a removal cut
+                # short (the server died midway) leaves some directories
+                # only, and the leftover must still be found empty.
+                if e.errno != errno.ENOENT:
+                    raise
         return found
 
     def signal_all(self, sig: int) -> int:
         return _signal_members(self.pids, sig)
 
-    def kill_all(self) -> None:
-        # Frozen, no process can fork a child we would not see; the kills
-        # land when it thaws. Freezing may still be under way when the
-        # signals go out: a child forked in that moment survives, so the
-        # caller checks is_empty() and calls again if needed.
+    def kill_all(self) -> bool:
         state = self.paths["freezer"] / "freezer.state"
-        _write(state, "FROZEN")
-        try:
-            _signal_members(self.pids, signal.SIGKILL)
-        finally:
-            _write(state, "THAWED")
+        return _kill_frozen(
+            lambda frozen: _write(state, "FROZEN" if frozen else "THAWED"),
+            # Reading the state is also what makes v1 notice it is frozen.
+            lambda: _read(state).strip() == "FROZEN",
+            self.pids,
+        )
 
     def is_empty(self) -> bool:
         return not self.pids()
