@@ -41,12 +41,15 @@ from jobworker.spec import NETWORK_MODES
 
 STATUS_FD = 3
 DEFAULT_JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# The most one read() of a job's output pipe takes. Twisted's process reader
-# takes 8 KiB, so a job writing fast cost the reactor a read, a callback and
-# a file write per 8 KiB: capturing 1 GiB took ~2.5 CPU seconds that way, and
-# ~0.5 s with 64 KiB, the capacity of a default pipe. A larger read gains
-# nothing from such a pipe and costs a larger allocation per read.
-OUTPUT_READ_SIZE = 64 * 1024
+# The most one read() of a job's output pipe takes, and the capacity the
+# pipes are given (the most an unprivileged process could ask for, by
+# default: /proc/sys/fs/pipe-max-size). Twisted's process reader takes 8 KiB
+# a read, and a default pipe holds 64 KiB: a job writing fast then cost the
+# reactor a read, a callback and a file write per 8 or 64 KiB. Capturing
+# 1 GiB took ~2.5 CPU seconds with 8 KiB, ~1.2 s with 64 KiB and ~0.6 s with
+# 1 MiB; the pipe's memory is the kernel's, and only while it is full.
+OUTPUT_READ_SIZE = 1024 * 1024
+PIPE_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,11 @@ class JobProcess(process.Process):
             super().__init__(reactor, *args, **kwargs)  # type: ignore[no-untyped-call]
         finally:
             self._spawning = False
+        for child_fd in (1, 2):  # see PIPE_SIZE; a refusal leaves the default
+            reader = self.pipes.get(child_fd)
+            if reader is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(reader.fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
     def _trySpawnInsteadOfFork(
         self,
