@@ -134,8 +134,11 @@ class JobConfinement:
 
     def _remove(self, attempt: int) -> None:
         try:
-            if not self.cgroup.is_empty():
-                self.cgroup.kill_all()
+            # A cgroup with processes cannot be removed (EBUSY): only then is
+            # there anything to kill.
+            if self.cgroup.remove():
+                return
+            self.cgroup.kill_all()
             if self.cgroup.remove():
                 return
         except CgroupError as e:

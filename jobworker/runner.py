@@ -317,23 +317,20 @@ class RunningJob:
             if timer.active():
                 timer.cancel()
         self.output.close()
+        # The whole end in one record, written once.
+        ending: dict[str, Any] = {}
         if self._confinement is not None:
-            usage, oom_killed = self._confinement.finish()
-            self._set(usage=usage, oom_killed=oom_killed)
+            ending["usage"], ending["oom_killed"] = self._confinement.finish()
         if self._launch_error is not None:
-            self._set(
-                status=JobStatus.FAILED_TO_START,
-                error=self._launch_error,
-                ended_at=utc_now(),
-            )
+            ending.update(status=JobStatus.FAILED_TO_START, error=self._launch_error)
         else:
-            self._set(
+            ending.update(
                 status=self._ending_status,
                 exit_code=None if signal_number is not None else exit_code,
                 signal=signal_number,
                 error=self._ending_error,
-                ended_at=utc_now(),
             )
+        self._set(ended_at=utc_now(), **ending)
         self.log.info(
             "job {job_id} {status} exit_code={exit_code} signal={signal}",
             job_id=self.id,

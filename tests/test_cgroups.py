@@ -545,9 +545,37 @@ def test_v1_kill_all_freezes(v1: CgroupV1Driver) -> None:
     """kill_all() freezes the job, signals what it holds, then thaws it."""
     job = v1.create("j1")
     v1_job_files(job)
-    assert job.kill_all() is True  # the fake reads FROZEN once written
-    assert (job.paths["freezer"] / "freezer.state").read_text() == "FROZEN\nTHAWED\n"
+    member = subprocess.Popen(["sleep", "60"])
+    try:
+        (job.paths["freezer"] / "cgroup.procs").write_text(f"{member.pid}\n")
+        assert job.kill_all() is True  # the fake reads FROZEN once written
+        assert member.wait(10) == -signal.SIGKILL
+    finally:
+        member.kill()
+        member.wait()
+    state = (job.paths["freezer"] / "freezer.state").read_text()
+    assert state == "FROZEN\nTHAWED\n"
+
+
+def test_v1_kill_all_of_an_empty_job_touches_nothing(v1: CgroupV1Driver) -> None:
+    """kill_all() of a job with no process left (the usual case once its
+    command has ended) reads one file and freezes nothing."""
+    job = v1.create("j1")
+    v1_job_files(job)
+    assert job.kill_all() is True
+    assert (job.paths["freezer"] / "freezer.state").read_text() == ""
     assert job.is_empty()
+
+
+def test_v1_members_are_the_freezers(v1: CgroupV1Driver) -> None:
+    """Signalling reads the freezer's list alone; emptiness asks every
+    hierarchy."""
+    job = v1.create("j1")
+    v1_job_files(job)
+    (job.paths["pids"] / "cgroup.procs").write_text("4242\n")
+    assert job.members() == set()
+    assert job.pids() == {4242}
+    assert not job.is_empty()
 
 
 @pytest.mark.parametrize(

@@ -797,16 +797,33 @@ class CgroupV1Job:
                     raise
         return found
 
+    def members(self) -> set[int]:
+        """
+        The job's processes as its freezer cgroup lists them. Every hierarchy
+        lists the same ones (the helper joins them all before the command's
+        first instruction, and children inherit them; an unprivileged job
+        cannot move), so signalling reads one file, not one per hierarchy;
+        ``pids`` still asks every hierarchy, to be sure a job is gone.
+        """
+        try:
+            return _procs(self.paths["freezer"])
+        except CgroupError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            return self.pids()  # a removal cut short: ask the others
+
     def signal_all(self, sig: int) -> int:
-        return _signal_members(self.pids, sig)
+        return _signal_members(self.members, sig)
 
     def kill_all(self) -> bool:
+        if not self.members():
+            return True  # the usual case once a job's command has ended
         state = self.paths["freezer"] / "freezer.state"
         return _kill_frozen(
             lambda frozen: _write(state, "FROZEN" if frozen else "THAWED"),
             # Reading the state is also what makes v1 notice it is frozen.
             lambda: _read(state).strip() == "FROZEN",
-            self.pids,
+            self.members,
         )
 
     def is_empty(self) -> bool:
