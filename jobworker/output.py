@@ -97,14 +97,12 @@ class OutputLog:
         self._wake_call: IDelayedCall | None = None
         self.closed = not writable
         if writable:
+            # The files are made at their first byte (see _append): making a
+            # file costs more than most short jobs' whole output, and a
+            # missing one reads as empty.
             directory.mkdir(parents=True, exist_ok=True)
-            for stream in WRITTEN_STREAMS:
-                self._fds[stream] = _open_append(self.path(stream))
-                self._sizes[stream] = os.fstat(self._fds[stream]).st_size
-            self._index_fd = _open_append(directory / INDEX_FILE)
-        else:
-            for stream in WRITTEN_STREAMS:
-                self._sizes[stream] = _size_or_zero(self.path(stream))
+        for stream in WRITTEN_STREAMS:
+            self._sizes[stream] = _size_or_zero(self.path(stream))
 
     @classmethod
     def create(cls, directory: Path, reactor: IReactorTime) -> OutputLog:
@@ -159,13 +157,16 @@ class OutputLog:
     def _write_index_record(self, stream: Stream) -> None:
         tag = STDERR_BIT if stream is Stream.STDERR else 0
         record = INDEX_RECORD.pack(self.total, tag | self._sizes[stream])
-        assert self._index_fd is not None
+        if self._index_fd is None:
+            self._index_fd = _open_append(self.directory / INDEX_FILE)
         if os.write(self._index_fd, record) != len(record):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _append(self, stream: Stream, data: bytes) -> None:
         view = memoryview(data)
-        fd = self._fds[stream]
+        fd = self._fds.get(stream)
+        if fd is None:
+            fd = self._fds[stream] = _open_append(self.path(stream))
         while view:
             try:
                 written = os.write(fd, view)

@@ -41,6 +41,23 @@ class OutputLogTests(SynchronousTestCase):
         assert self.log.sizes() == {"stdout": 9, "stderr": 4}
         assert self.log.total == 13
 
+    def test_files_are_made_at_their_first_byte(self) -> None:
+        """A stream nothing was written to has no file (making one costs a
+        short job more than its output), and reads as empty, also after
+        the log is opened again."""
+        self.log.write(Stream.STDOUT, b"out")
+        self.log.close()
+        assert sorted(p.name for p in self.dir.iterdir()) == [
+            "combined.index", "stdout",
+        ]  # fmt: skip
+        again = OutputLog.open_ended(self.dir, self.clock)
+        assert again.read(Stream.STDERR, 0, 10).data == b""
+        assert again.read(Stream.COMBINED, 0, 10).data == b"out"
+        silent = OutputLog.create(Path(self.mktemp()), self.clock)
+        silent.close()
+        assert list(silent.directory.iterdir()) == []
+        assert silent.read(Stream.COMBINED, 0, 10).complete
+
     def test_read_from_offset_with_limit(self) -> None:
         """A read starts at its offset, stops at its limit, says where to go on."""
         self.log.write(Stream.STDOUT, b"0123456789")
