@@ -35,6 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
+from jobworker.audit import Audit
 from jobworker.auth import Action, Forbidden, Identity, Policy, Role, check_ceilings
 from jobworker.channel import ApiChannel, ConnectionLimits
 from jobworker.confinement import LimitsUnavailable
@@ -56,7 +57,6 @@ JSON = b"application/json"
 OCTETS = b"application/octet-stream"
 FOLLOW_CHUNK = 256 * 1024
 # Module level: a Logger that is a class attribute takes its class's name.
-audit_log = Logger(namespace="jobworker.audit")
 # A JSON number without a sign: the document's "number", written as clients
 # (and their float formatting, e.g. 1e-05) write it. Not float()'s own
 # syntax, which also takes "nan", "inf", "1_0" and spaces.
@@ -153,12 +153,21 @@ class Api:
         # Open follow streams, for health and tests.
         self.followers: set[FollowStream] = set()
 
-    def visible_job(self, identity: Identity, job_id: str, action: Action) -> Job:
+    def visible_job(
+        self, request: Request, identity: Identity, job_id: str, action: Action
+    ) -> Job:
         """The job, if the caller may see it (else 404) and act on it (else 403)."""
-        job = self.manager.get(job_id)
+        try:
+            job = self.manager.get(job_id)
+        except JobNotFound:
+            decided(request, False)  # nothing there to be allowed
+            raise
         if not self.policy.can_see(identity, job.owner):
+            decided(request, False)
             raise JobNotFound(job_id)
-        if not self.policy.authorize(identity, action, job.owner).allowed:
+        allowed = self.policy.authorize(identity, action, job.owner).allowed
+        decided(request, allowed)
+        if not allowed:
             raise ApiError(
                 403, "forbidden", f"{identity.name} may not {action.value} job {job_id}"
             )
@@ -223,11 +232,19 @@ class Endpoint(Resource):
         method = (request.method or b"").decode("ascii", "replace")
         identity = self.api.identify(request)
         audit = Audit(identity, self.action_name(method), self.job_id)
+        if isinstance(request, ApiRequest):
+            request.audit = audit
         request.notifyFinish().addBoth(audit.finished, request)
         if identity is None:
             send_error(request, ApiError(403, "forbidden", "no client certificate"))
             return NOT_DONE_YET
         handler: Handler | None = getattr(self, f"handle_{method}", None)
+        if (
+            handler is not None
+            and method in self.actions
+            and self.actions[method] is None
+        ):
+            audit.allowed = True  # any authenticated caller may
         if handler is None:
             allowed = ", ".join(sorted(self.actions))
             request.setHeader(b"Allow", allowed.encode())
@@ -280,6 +297,7 @@ class JobsEndpoint(Endpoint):
         statuses = query.statuses()
         jobs = self.api.manager.list(owner, statuses)
         policy = self.api.policy
+        decided(request, policy.authorize(identity, Action.READ, None).allowed)
         readable = [
             j for j in jobs if policy.authorize(identity, Action.READ, j.owner).allowed
         ]
@@ -289,6 +307,7 @@ class JobsEndpoint(Endpoint):
         Query(request, set())
         role = self.api.policy.role_for(identity)
         decision = self.api.policy.authorize(identity, Action.START, None)
+        decided(request, role is not None and decision.allowed)
         if role is None or not decision.allowed:
             raise ApiError(403, "forbidden", f"{identity.name} may not start jobs")
         spec = within_ceilings(
@@ -309,6 +328,9 @@ class JobsEndpoint(Endpoint):
                 "the server has no file descriptors to spare; try again later",
                 {"Retry-After": "1"},
             ) from None
+        audit = audit_of(request)
+        if audit is not None:
+            audit.job_id = job.id
         request.setHeader(b"Location", f"/v1/jobs/{job.id}".encode())
         send_json(request, 201, self.api.record(job))
         return NOT_DONE_YET
@@ -329,12 +351,14 @@ class JobEndpoint(Endpoint):
     async def handle_GET(self, request: Request, identity: Identity) -> dict[str, Any]:
         Query(request, set())
         assert self.job_id is not None
-        return self.api.record(self.api.visible_job(identity, self.job_id, Action.READ))
+        return self.api.record(
+            self.api.visible_job(request, identity, self.job_id, Action.READ)
+        )
 
     async def handle_DELETE(self, request: Request, identity: Identity) -> None:
         Query(request, set())
         assert self.job_id is not None
-        self.api.visible_job(identity, self.job_id, Action.PURGE)
+        self.api.visible_job(request, identity, self.job_id, Action.PURGE)
         self.api.manager.purge(self.job_id)
 
 
@@ -346,7 +370,7 @@ class StopEndpoint(Endpoint):
     async def handle_POST(self, request: Request, identity: Identity) -> Any:
         Query(request, set())
         assert self.job_id is not None
-        self.api.visible_job(identity, self.job_id, Action.STOP)
+        self.api.visible_job(request, identity, self.job_id, Action.STOP)
         body = read_json(request, empty_ok=True)
         grace = parse_grace(body)
         job = self.api.manager.stop(self.job_id, grace)
@@ -370,7 +394,7 @@ class OutputEndpoint(Endpoint):
             "limit", settings.default_limit, minimum=1, maximum=settings.max_limit
         )
         assert self.job_id is not None
-        self.api.visible_job(identity, self.job_id, Action.READ)
+        self.api.visible_job(request, identity, self.job_id, Action.READ)
         log = self.api.manager.output_log(self.job_id)
         if follow:
             if offset > log.size(stream) and log.closed:
@@ -766,28 +790,15 @@ def send_error(request: Request, error: ApiError) -> None:
     )
 
 
-class Audit:
-    """One structured log line per request: who, what, on which job, outcome."""
+def audit_of(request: Request) -> Audit | None:
+    return request.audit if isinstance(request, ApiRequest) else None
 
-    def __init__(
-        self, identity: Identity | None, action: str, job_id: str | None
-    ) -> None:
-        self.identity = identity
-        self.action = action
-        self.job_id = job_id
 
-    def finished(self, result: object, request: Request) -> None:
-        status = request.code
-        audit_log.info(
-            "audit identity={identity} action={action} job={job_id}"
-            " allowed={allowed} status={status}",
-            identity=self.identity.name if self.identity else None,
-            action=self.action,
-            job_id=self.job_id,
-            allowed=status not in (403, 404) and self.identity is not None,
-            status=status,
-            completed=not isinstance(result, Failure),
-        )
+def decided(request: Request, allowed: bool) -> None:
+    """Record the policy's answer in the request's audit line."""
+    audit = audit_of(request)
+    if audit is not None:
+        audit.allowed = allowed
 
 
 def too_large(request: Request) -> bool:
@@ -807,6 +818,7 @@ class ApiRequest(Request):
     max_body = MiB
     body_too_large = False
     client_gone = False
+    audit: Audit | None = None
     _received = 0
 
     def gotLength(self, length: int | None) -> None:

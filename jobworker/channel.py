@@ -38,6 +38,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
+from jobworker.audit import audit_refusal
+from jobworker.tls import peer_common_name
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -146,6 +149,10 @@ class ApiChannel(HTTPChannel):
         else:
             self._refuse(408, "request_timeout", f"request {kind} not received in time")
 
+    def _identity(self) -> str | None:
+        """The client certificate's CN, for the audit line of a refusal."""
+        return peer_common_name(self.transport)
+
     # Header limits
 
     def lineReceived(self, line: bytes) -> None:
@@ -166,7 +173,9 @@ class ApiChannel(HTTPChannel):
         # it already has: over TLS the transport is not "disconnecting" until
         # the TLS close is done. The next blank line then finishes a request
         # whose first line never parsed, and raises. Read nothing more.
-        self._refused = True
+        if not self._refused:
+            self._refused = True
+            audit_refusal(self._identity(), 400)
         super()._respondToBadRequestAndDisconnect()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -194,6 +203,7 @@ class ApiChannel(HTTPChannel):
         if self._refused:
             return
         self._refused = True
+        audit_refusal(self._identity(), status, code=code)
         body = json.dumps({"error": {"code": code, "message": message}}).encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json"

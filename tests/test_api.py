@@ -486,7 +486,9 @@ async def test_client_gone_mid_poll_leaves_no_waiter(server: Server) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_audit_line_per_request(server: Server) -> None:
-    """Every request, allowed or denied, is one audit event with who and what."""
+    """Every request, allowed or denied, is one audit event with who and what:
+    "allowed" is the policy's answer (None where the request was refused
+    before the policy was asked), the job is the new one for a start."""
     events: list[LogEvent] = []
 
     @implementer(ILogObserver)
@@ -498,7 +500,14 @@ async def test_audit_line_per_request(server: Server) -> None:
     try:
         await call(server, "bob", "POST", "/v1/jobs", {"command": "true"})
         job = await start(server, "alice", "true")
-        await call(server, "alice", "GET", f"/v1/jobs/{job['id']}")
+        job_path = f"/v1/jobs/{job['id']}"
+        await call(server, "alice", "GET", job_path)
+        await call(server, "mallory", "GET", "/v1/jobs")
+        await call(server, "bob", "POST", job_path + "/stop", {"grace": -1})
+        await call(server, "alice", "POST", job_path + "/stop", {"grace": -1})
+        await call(server, "alice", "GET", "/v1/jobs/" + "f" * 32)
+        await call(server, "alice", "GET", job_path + "?colour=red")
+        await call(server, "bob", "GET", "/v1/healthz")
     finally:
         globalLogPublisher.removeObserver(observe)
     summary = [
@@ -507,8 +516,14 @@ async def test_audit_line_per_request(server: Server) -> None:
     ]
     assert summary == [
         ("bob", "start", None, False, 403),
-        ("alice", "start", None, True, 201),
+        ("alice", "start", job["id"], True, 201),
         ("alice", "read", job["id"], True, 200),
+        ("mallory", "read", None, False, 200),  # an empty list
+        ("bob", "stop", job["id"], False, 403),
+        ("alice", "stop", job["id"], True, 400),  # allowed, but a bad grace
+        ("alice", "read", "f" * 32, False, 404),
+        ("alice", "read", job["id"], None, 400),  # refused before asking
+        ("bob", "get", None, True, 200),
     ]
 
 

@@ -54,6 +54,7 @@ from jobworker.job import Job, JobStatus, Usage
 from jobworker.manager import (
     JobConflict,
     JobNotFound,
+    Settings,
     ShuttingDown,
     StorageFull,
     TooManyJobs,
@@ -132,6 +133,8 @@ CALLS: dict[str, set[int]] = {
     "self.api.manager.output_log": {404},
     "self.api.manager.read_output": {404, 416},
     "self.api.manager.running_count": set(),
+    "decided": set(),
+    "audit_of": set(),
 }
 
 
@@ -250,6 +253,7 @@ class FakeManager:
         self.log = log
         self.errors = errors
         self.broken = broken
+        self.settings = Settings()
 
     def _check(self, name: str) -> None:
         if self.broken:
