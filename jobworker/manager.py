@@ -73,6 +73,16 @@ class ShuttingDown(JobError):
     """The server is shutting down and starts nothing new."""
 
 
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+class OutOfDescriptors(OSError):
+    """
+    No file descriptors to set a new job up (its cgroup's files, its pipes):
+    the server is busy, not the job wrong.
+    """
+
+
 class IsolationUnavailable(JobError):
     """This host or process cannot isolate jobs as the settings ask."""
 
@@ -298,8 +308,23 @@ class JobManager(Service):
             raise StorageFull(f"no room for a new job's record: {e}") from e
         self._live[record.id] = job
         job.ended.when_fired().addBoth(self._forget, record.id)
-        self._spawn(job)
+        try:
+            self._spawn(job)
+        except OutOfDescriptors:
+            self._abandon(job)
+            raise
         return await job.started.when_fired()
+
+    def _abandon(self, job: RunningJob) -> None:
+        """
+        Undo a start that found no descriptors for the job's pipes: the
+        server is busy, not the job wrong, so nothing of it is kept (the
+        caller is told to try again), as if refused before its record.
+        """
+        self._live.pop(job.id, None)
+        job.output.close()
+        shutil.rmtree(self._job_dir(job.id), ignore_errors=True)
+        self.store.delete(job.id)
 
     def prepare_users(self, names: Iterable[str]) -> None:
         """
@@ -327,6 +352,8 @@ class JobManager(Service):
         try:
             confinement = self.confinement.create(job.id, spec.limits)
         except CgroupError as e:
+            if e.errno in OUT_OF_DESCRIPTORS:
+                raise OutOfDescriptors(e.errno, str(e)) from e
             job.fail_to_start(f"cgroup: {e}")
             return
         if confinement is not None:
@@ -348,6 +375,10 @@ class JobManager(Service):
             assert self._launcher is not None
             self._launcher.launch(JobProcessProtocol(job), request)
         except OSError as e:
+            if e.errno in OUT_OF_DESCRIPTORS:
+                if confinement is not None:
+                    confinement.finish()  # removes the unused cgroup
+                raise OutOfDescriptors(e.errno, e.strerror) from e
             job.fail_to_start(describe_os_error("spawn", spec.command, e.errno or 0))
             return
         job.attach()

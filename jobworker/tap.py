@@ -170,9 +170,11 @@ def build_service(options: Options) -> IService:
             default_limits=default_limits(options),
         ),
     )
-    if isolate:
+    # Jobs change users where the server is root, isolated or not: look the
+    # users up now (an unknown one is a configuration error), not per job.
+    if os.geteuid() == 0:
         manager.prepare_users({role.run_as for role in policy.roles.values()})
-    else:
+    if not isolate:
         log.warn(
             "--no-isolation: jobs run without namespaces, as {user}",
             user="their roles' run_as users" if os.geteuid() == 0 else "this user",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from jobworker.manager import (
     JobConflict,
     JobManager,
     JobNotFound,
+    OutOfDescriptors,
     Settings,
     TooManyJobs,
 )
@@ -211,6 +213,37 @@ async def test_job_inherits_no_descriptor_of_the_server(manager: JobManager) -> 
     assert (ended.exit_code, sorted(output.data.split())) == (
         0, [b"0", b"1", b"2", b"3"],
     )  # fmt: skip
+
+
+@pytest_twisted.ensureDeferred
+async def test_out_of_descriptors_keeps_nothing_of_the_job(
+    manager: JobManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that finds no descriptors for the job's pipes raises
+    OutOfDescriptors (the API's 503) and keeps no record, directory or
+    cgroup of it: the server was busy, not the job wrong."""
+
+    def no_descriptors(*args: Any) -> None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    made: list[Any] = []
+    create = manager.confinement.create
+
+    def remember(job_id: str, limits: Any) -> Any:
+        made.append(create(job_id, limits))
+        return made[-1]
+
+    assert manager._launcher is not None
+    monkeypatch.setattr(manager._launcher, "launch", no_descriptors)
+    monkeypatch.setattr(manager.confinement, "create", remember)
+    with pytest.raises(OutOfDescriptors):
+        await manager.start(spec("/bin/true"), "alice")
+    assert (manager.list(), manager.running_count()) == ([], 0)
+    assert list((manager.data_dir / "jobs").iterdir()) == []
+    for confinement in made:
+        if confinement is not None:  # where there are cgroups
+            dirs = [Path(p).parent for p in confinement.procs_paths()]
+            assert dirs and [d for d in dirs if d.exists()] == []
 
 
 @pytest_twisted.ensureDeferred
