@@ -467,7 +467,8 @@ def test_v1_create(v1: CgroupV1Driver, tmp_path: Path) -> None:
     expected = sorted(tmp_path / d / "jobworker/j1" for d in V1_DIRS.values())
     assert job.dirs() == expected
     assert all(d.is_dir() for d in expected)
-    assert job.procs_paths() == [f"{d}/cgroup.procs" for d in expected]
+    # tasks: the single-threaded helper joins without the threadgroup lock
+    assert job.procs_paths() == [f"{d}/tasks" for d in expected]
     assert job.paths["cpu"] == job.paths["cpuacct"]
     assert not (tmp_path / "sys/fs/cgroup/cpuset/jobworker").exists()
 

@@ -10,9 +10,10 @@
  *
  * Options (each step runs in the order listed, whatever the order given):
  *   --status-fd N        report on fd N (default 3), see below
- *   --cgroup-procs PATH  write "0" to PATH, a cgroup.procs file, joining that
- *                        cgroup; repeatable (one per v1 hierarchy). Done
- *                        first, so nothing after escapes the job's limits.
+ *   --cgroup-procs PATH  write "0" to PATH, a cgroup.procs (or v1 tasks)
+ *                        file, joining that cgroup; repeatable (one per v1
+ *                        hierarchy). Done first, while the helper is one
+ *                        thread, so nothing after escapes the job's limits.
  *   --isolate            the helper must be PID 1 of a PID namespace that the
  *                        server made for it. It unshares mount, UTS, IPC and
  *                        network namespaces, makes every mount private,
