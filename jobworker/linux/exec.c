@@ -35,16 +35,18 @@
  * Without --isolate, --uid and --cgroup-procs the helper does what it always
  * did: setsid, chdir, exec.
  *
- * Go-ahead. Before anything else the helper reads one byte from stdin. The
- * server sends it once the job's record names this process (its pid), then
- * closes stdin, which the command sees as end of file. A server that dies
- * before that leaves end of file instead: its record cannot name the
- * process, so no one would ever find and kill the job; the helper exits
- * having done nothing.
+ * Go-ahead. Before the command exists (before init forks it, or before
+ * the exec) the helper reads one byte from stdin. The server sends it once
+ * the job's record names this process (its pid), then closes stdin, which
+ * the command sees as end of file. A server that dies before that leaves
+ * end of file instead: its record cannot name the process, so no one would
+ * ever find and kill the job; the helper exits having run nothing. Joining
+ * the cgroups and making the namespaces come first, meanwhile: they are
+ * most of a start, and the server records the pid in the same time.
  *
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
- *       stage: close go cgroup setsid pidns unshare mount hostname lo pipe fork
+ *       stage: close cgroup setsid pidns unshare mount hostname lo go pipe fork
  *              setgroups setgid setuid prctl chdir exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
@@ -513,7 +515,6 @@ int main(int argc, char **argv)
         usage();
     close_inherited();
 
-    wait_for_go();
     join_cgroups(&o);
 
     /* Own session and process group: stop signals the whole group. The
@@ -522,10 +523,11 @@ int main(int argc, char **argv)
         fail("setsid", errno);
     reset_oom_score();
 
-    if (o.isolate) {
+    if (o.isolate)
         isolate(&o);
+    wait_for_go();
+    if (o.isolate)
         run_as_init(&o);
-    }
     exec_command(&o);
     return 127;
 }
