@@ -130,7 +130,10 @@ def api_error(error: Exception) -> ApiError | None:
 
 def identity_from_certificate(request: IRequest) -> Identity | None:
     """The caller's identity: the subject CN of its verified certificate."""
-    name = peer_common_name(request.channel.transport)  # type: ignore[attr-defined]
+    channel = request.channel  # type: ignore[attr-defined]
+    if isinstance(channel, ApiChannel):
+        return channel.peer_identity()
+    name = peer_common_name(channel.transport)
     return None if name is None else Identity(name)
 
 

@@ -39,6 +39,7 @@ from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
 from jobworker.audit import audit_refusal
+from jobworker.auth import Identity
 from jobworker.tls import peer_common_name
 
 
@@ -79,6 +80,8 @@ class ApiChannel(HTTPChannel):
         self._deadline_kind = ""
         # Set once the client has been refused: nothing more is read.
         self._refused = False
+        self._peer: Identity | None = None
+        self._peer_known = False
 
     # Deadlines
 
@@ -149,9 +152,22 @@ class ApiChannel(HTTPChannel):
         else:
             self._refuse(408, "request_timeout", f"request {kind} not received in time")
 
+    def peer_identity(self) -> Identity | None:
+        """
+        Who the client is: its certificate's subject CN, read once per
+        connection (the certificate cannot change: TLS 1.3 has no
+        renegotiation, and post-handshake authentication is not offered).
+        """
+        if not self._peer_known:
+            name = peer_common_name(self.transport)
+            self._peer = None if name is None else Identity(name)
+            self._peer_known = True
+        return self._peer
+
     def _identity(self) -> str | None:
         """The client certificate's CN, for the audit line of a refusal."""
-        return peer_common_name(self.transport)
+        identity = self.peer_identity()
+        return None if identity is None else identity.name
 
     # Header limits
 

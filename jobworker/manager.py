@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,7 @@ from jobworker.spec import JobSpec, Limits, parse_job_spec
 from jobworker.store import JobStore
 
 MiB = 1 << 20
+RECENTLY_ENDED = 1024
 GiB = 1 << 30
 
 
@@ -147,6 +149,8 @@ class JobManager(Service):
         # Records the database refused (its disk was full), newest version
         # of each, served from here and written again until it takes them.
         self._unsaved: dict[str, Job] = {}
+        # The newest ended records, kept (RECENTLY_ENDED at most) for reads.
+        self._ended: OrderedDict[str, Job] = OrderedDict()
         self._retry: IDelayedCall | None = None
         self._closing = False
 
@@ -385,6 +389,12 @@ class JobManager(Service):
 
     def _forget(self, result: object, job_id: str) -> object:
         self._live.pop(job_id, None)
+        if isinstance(result, Job):
+            # An ended record no longer changes: the next reads of it (the
+            # waiters and followers that saw it end) need not ask SQLite.
+            self._ended[job_id] = result
+            if len(self._ended) > RECENTLY_ENDED:
+                self._ended.popitem(last=False)
         return result
 
     def _job_dir(self, job_id: str) -> Path:
@@ -396,6 +406,8 @@ class JobManager(Service):
             return live.record
         if job_id in self._unsaved:
             return self._unsaved[job_id]
+        if job_id in self._ended:
+            return self._ended[job_id]
         job = self.store.get(job_id) if _plausible_id(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
@@ -469,6 +481,7 @@ class JobManager(Service):
             raise JobConflict(f"job {job_id} is {job.status.value}: stop it first")
         shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
         self._unsaved.pop(job_id, None)
+        self._ended.pop(job_id, None)
         self.store.delete(job_id)
 
     def running_count(self) -> int:

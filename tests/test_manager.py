@@ -247,6 +247,26 @@ async def test_out_of_descriptors_keeps_nothing_of_the_job(
 
 
 @pytest_twisted.ensureDeferred
+async def test_just_ended_records_are_read_from_memory(
+    manager: JobManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record of a job that just ended is served without asking the
+    database (its waiters all read it at once); a purge forgets it."""
+    job = await manager.start(spec("/bin/true"), "alice")
+    ended = await manager.wait(job.id)
+
+    def no_database(job_id: str) -> None:
+        raise AssertionError("asked the database")
+
+    monkeypatch.setattr(manager.store, "get", no_database)
+    assert manager.get(job.id) == ended
+    monkeypatch.undo()
+    manager.purge(job.id)
+    with pytest.raises(JobNotFound):
+        manager.get(job.id)
+
+
+@pytest_twisted.ensureDeferred
 async def test_environment_is_explicit(manager: JobManager) -> None:
     """Jobs see only a default PATH and what they asked for, nothing of the server."""
     os.environ["JOBWORKER_TEST_SECRET"] = "leak"
