@@ -242,17 +242,13 @@ class Endpoint(Resource):
             send_error(request, ApiError(403, "forbidden", "no client certificate"))
             return NOT_DONE_YET
         handler: Handler | None = getattr(self, f"handle_{method}", None)
-        if (
-            handler is not None
-            and method in self.actions
-            and self.actions[method] is None
-        ):
-            audit.allowed = True  # any authenticated caller may
         if handler is None:
             allowed = ", ".join(sorted(self.actions))
             request.setHeader(b"Allow", allowed.encode())
             send_error(request, ApiError(405, "method_not_allowed", f"use {allowed}"))
             return NOT_DONE_YET
+        if self.actions[method] is None:
+            audit.allowed = True  # any authenticated caller may
         running = Deferred.fromCoroutine(self._run(handler, request, identity, audit))
         request.notifyFinish().addErrback(lambda _: running.cancel())
         return NOT_DONE_YET
@@ -310,7 +306,7 @@ class JobsEndpoint(Endpoint):
         Query(request, set())
         role = self.api.policy.role_for(identity)
         decision = self.api.policy.authorize(identity, Action.START, None)
-        decided(request, role is not None and decision.allowed)
+        decided(request, decision.allowed)
         if role is None or not decision.allowed:
             raise ApiError(403, "forbidden", f"{identity.name} may not start jobs")
         spec = within_ceilings(
