@@ -73,11 +73,14 @@ class JobConfinement:
                 # would hold the job's output open, and the job, forever.
                 self._schedule_kill(0)
         except CgroupError as e:
-            self.log.error(
-                "job {job_id}: cannot signal its cgroup: {error}",
-                job_id=self.cgroup.job_id,
-                error=e,
-            )
+            self._cannot_signal(e)
+
+    def _cannot_signal(self, error: CgroupError) -> None:
+        self.log.error(
+            "job {job_id}: cannot signal its cgroup: {error}",
+            job_id=self.cgroup.job_id,
+            error=error,
+        )
 
     def _schedule_kill(self, attempt: int) -> None:
         delay = KILL_RETRIES[attempt]
@@ -89,11 +92,7 @@ class JobConfinement:
             if self.cgroup.is_empty() or self.cgroup.kill_all():
                 return
         except CgroupError as e:
-            self.log.error(
-                "job {job_id}: cannot signal its cgroup: {error}",
-                job_id=self.cgroup.job_id,
-                error=e,
-            )
+            self._cannot_signal(e)
             return
         if attempt + 1 < len(KILL_RETRIES):
             self._schedule_kill(attempt + 1)
