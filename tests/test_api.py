@@ -34,6 +34,7 @@ from jobworker.output import Stream
 from jobworker.pki import write_dev_pki
 from jobworker.spec import Limits
 from jobworker.tls import client_tls_policy, server_tls_options
+from tests.stalled_reader import ask_then_stop_reading
 
 reactor: Any = global_reactor
 EXAMPLE_POLICY = Path(__file__).parent.parent / "examples" / "policy.toml"
@@ -582,25 +583,14 @@ async def test_slow_follower_pauses_the_stream(server: Server, api: Api) -> None
     job = await start(
         server, "alice", "/bin/sh", "-c", "head -c 64M /dev/zero; sleep 1000"
     )
-    context = ssl.create_default_context(cafile=str(server.certs / "ca.pem"))
-    context.load_cert_chain(server.certs / "alice.pem", server.certs / "alice.key")
     release = threading.Event()
-    port = server.port.getHost().port  # type: ignore[attr-defined]
-
-    def follow_without_reading() -> None:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-        ):
-            tls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            tls.sendall(
-                f"GET /v1/jobs/{job['id']}/output?follow=true HTTP/1.1\r\n"
-                "Host: x\r\n\r\n".encode()
-            )
-            tls.recv(1024)
-            release.wait(30)
-
-    client = deferToThread(follow_without_reading)
+    client = deferToThread(
+        ask_then_stop_reading,
+        server.certs,
+        server.port.getHost().port,  # type: ignore[attr-defined]
+        f"/v1/jobs/{job['id']}/output?follow=true",
+        release,
+    )
     log = server.manager.output_log(job["id"])
     while log.size(Stream.COMBINED) < 64 << 20 or not api.followers:
         await sleep(0.05)

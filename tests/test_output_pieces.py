@@ -6,8 +6,6 @@ whole answer in the server's memory. Over real mutual TLS on 127.0.0.1.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from jobworker.output import OutputChunk, OutputLog, Stream
 from jobworker.pki import write_dev_pki
 from jobworker.spec import parse_job_spec
 from jobworker.tls import client_tls_policy, server_tls_options
+from tests.stalled_reader import ask_then_stop_reading
 
 reactor: Any = global_reactor
 POLICY = """
@@ -149,25 +148,14 @@ async def test_client_that_stops_reading_pauses_the_answer(
         return chunk
 
     monkeypatch.setattr(OutputLog, "read", counting)
-    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-    context.load_cert_chain(certs / "alice.pem", certs / "alice.key")
     release = threading.Event()
-    number = port.getHost().port  # type: ignore[attr-defined]
-
-    def ask_without_reading() -> None:
-        with (
-            socket.create_connection(("127.0.0.1", number), timeout=30) as raw,
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-        ):
-            tls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            tls.sendall(
-                f"GET /v1/jobs/{job_id}/output?limit={16 * MiB} HTTP/1.1\r\n"
-                "Host: x\r\n\r\n".encode()
-            )
-            tls.recv(1024)
-            release.wait(30)
-
-    asking = deferToThread(ask_without_reading)
+    asking = deferToThread(
+        ask_then_stop_reading,
+        certs,
+        port.getHost().port,  # type: ignore[attr-defined]
+        f"/v1/jobs/{job_id}/output?limit={16 * MiB}",
+        release,
+    )
     try:
         while served[0] == 0:
             await sleep(0.02)
