@@ -36,10 +36,12 @@ ENDINGS = frozenset(
 )
 
 # Which status may follow which. A job is created RUNNING (its record is
-# written just before its process is spawned) or FAILED_TO_START.
+# written just before its process is spawned) or FAILED_TO_START. A stop (or
+# a timeout) may come before the helper has exec'd the command, whose exec
+# may then fail: the command never ran, so the job failed to start.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.RUNNING: ENDINGS | {JobStatus.STOPPING, JobStatus.FAILED_TO_START},
-    JobStatus.STOPPING: ENDINGS,
+    JobStatus.STOPPING: ENDINGS | {JobStatus.FAILED_TO_START},
     JobStatus.EXITED: frozenset(),
     JobStatus.STOPPED: frozenset(),
     JobStatus.TIMED_OUT: frozenset(),

@@ -114,6 +114,22 @@ class RunningJobTests(SynchronousTestCase):
         assert record.error == "chdir /x: No such file or directory (ENOENT)"
         assert record.exit_code is None
 
+    def test_launch_error_after_a_stop_is_failed_to_start(self) -> None:
+        """A stop (here its timeout) before the helper's exec, which then
+        fails: failed_to_start, with the OS error, and the job ends."""
+        job = self.make(timeout=1)
+        self.clock.advance(1)
+        assert job.record.status is JobStatus.STOPPING
+        ended = job.ended.when_fired()
+        self.protocol.childDataReceived(3, b"error exec 2\n")
+        self.protocol.childConnectionLost(3)
+        self.end(127)
+        record = self.successResultOf(ended)
+        assert (record.status, record.error) == (
+            JobStatus.FAILED_TO_START,
+            "exec sleep: No such file or directory (ENOENT)",
+        )
+
     def test_exit_code_recorded(self) -> None:
         """A command that exits by itself is exited with its code."""
         job = self.make()
