@@ -7,6 +7,13 @@ server spawns it with no working directory and no uid change, so Twisted takes
 its ``posix_spawnp`` path: the cost of a spawn does not grow with the server's
 memory, as a ``fork`` of a large Python process would.
 
+The helper starts as root, so it is spawned with an empty environment, never
+the job's: a job's ``LD_PRELOAD`` would otherwise run as root before any
+cgroup, namespace or privilege drop. The job's environment reaches the helper
+as data, in the go-ahead on its stdin (``LaunchRequest.go_ahead``), and only
+the command is executed with it, once privileges are gone; a bare command
+name is looked up there too, on the job's ``PATH``, as the job's user.
+
 The helper reports on a fourth pipe (child fd 3): a failed setup or exec comes
 as an ``error`` line. A plain job's successful exec closes the pipe silently.
 An isolated job's helper is PID 1 of the job's PID namespace (made here, just
@@ -40,6 +47,9 @@ from jobworker.linux.pidns import new_pid_namespace
 from jobworker.spec import NETWORK_MODES
 
 STATUS_FD = 3
+# The whole environment the root helper runs with: nothing, whatever the job
+# asked for (its variables are data in the go-ahead) or the server has.
+HELPER_ENVIRONMENT: dict[str, str] = {}
 DEFAULT_JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The most one read() of a job's output pipe takes, and the capacity the
 # pipes are given (the most an unprivileged process could ask for, by
@@ -56,8 +66,11 @@ PIPE_SIZE = 1024 * 1024
 class LaunchRequest:
     """Everything needed to start one job's process."""
 
+    # The file to run: with a slash, as it is; a bare name is looked up on
+    # the PATH in ``env`` by the helper, as the job's user.
     executable: str
     argv: tuple[str, ...]
+    # The command's environment, and nothing but the command's.
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     # cgroup.procs files the process joins before anything else: one per
@@ -82,6 +95,17 @@ class LaunchRequest:
             raise ValueError("uid and gid go together")
         if self.groups and self.uid is None:
             raise ValueError("groups need a uid and gid")
+        for name, value in self.env.items():
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f"not an environment variable: {name!r}")
+
+    def go_ahead(self) -> bytes:
+        """
+        What the helper waits for before it runs the command: the job's
+        environment, each ``NAME=VALUE`` ended by a NUL, and one NUL more.
+        """
+        entries = (os.fsencode(f"{name}={value}") for name, value in self.env.items())
+        return b"".join(entry + b"\0" for entry in entries) + b"\0"
 
 
 class Launcher(Protocol):
@@ -132,7 +156,7 @@ class HelperLauncher:
                 self._reactor,
                 self._helper,
                 self.helper_argv(request),
-                dict(request.env),
+                HELPER_ENVIRONMENT,
                 None,
                 protocol,
                 childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r"},
@@ -260,20 +284,6 @@ def resolve_user(name: str) -> User:
         raise UnknownUser(f"no such user: {name!r}") from None
     groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
     return User(entry.pw_uid, entry.pw_gid, tuple(dict.fromkeys(groups)))
-
-
-def resolve_command(command: str, search_path: str | None) -> str:
-    """
-    The file to execute for ``command``: a name with a slash as it is, a bare
-    name looked up on ``search_path``. Raises ``FileNotFoundError``.
-    """
-    if "/" in command:
-        return command
-    for directory in (search_path or DEFAULT_JOB_PATH).split(os.pathsep):
-        candidate = os.path.join(directory or ".", command)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
 
 
 def describe_launch_error(line: str, request: LaunchRequest) -> str:

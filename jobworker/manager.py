@@ -39,7 +39,6 @@ from jobworker.launcher import (
     LaunchRequest,
     User,
     describe_os_error,
-    resolve_command,
     resolve_user,
 )
 from jobworker.linux.cgroups import CgroupError
@@ -349,11 +348,6 @@ class JobManager(Service):
         env = {"PATH": self.settings.job_path, **spec.env}
         user = None if job.record.run_as is None else self._user(job.record.run_as)
         try:
-            executable = resolve_command(spec.command, os.environ.get("PATH"))
-        except OSError as e:
-            job.fail_to_start(describe_os_error("exec", spec.command, e.errno or 0))
-            return
-        try:
             confinement = self.confinement.create(job.id, spec.limits)
         except CgroupError as e:
             if e.errno in OUT_OF_DESCRIPTORS:
@@ -363,7 +357,7 @@ class JobManager(Service):
         if confinement is not None:
             job.confine(confinement)
         request = LaunchRequest(
-            executable=executable,
+            executable=spec.command,  # a bare name: the helper looks it up
             cgroup_procs=() if confinement is None else confinement.procs_paths(),
             argv=(spec.command, *spec.args),
             env=env,

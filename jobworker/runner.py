@@ -28,7 +28,6 @@ from jobworker.launcher import STATUS_FD, LaunchRequest, describe_launch_error
 from jobworker.output import OutputLog, Stream
 
 STREAM_OF_FD = {1: Stream.STDOUT, 2: Stream.STDERR}
-GO_AHEAD = b"g"
 T = TypeVar("T")
 
 
@@ -193,8 +192,10 @@ class RunningJob:
         # Only now that the record names the process may it go on (see the
         # go-ahead in exec.c): a crash of the server before this line leaves
         # a helper that exits at end of file, not a job no one can find.
-        # Then stdin closes: jobs get no input, it reads as end of file.
-        transport.writeToChild(0, GO_AHEAD)
+        # The go-ahead carries the job's environment; then stdin closes:
+        # jobs get no input, it reads as end of file.
+        assert self.request is not None
+        transport.writeToChild(0, self.request.go_ahead())
         transport.closeStdin()
 
     def attach(self) -> None:

@@ -54,12 +54,18 @@ class Hostile:
         self.manager = manager
         self.isolate = isolate
         self.tag = secrets.token_hex(8)
+        # The spawned processes: an isolated job's init does not carry the
+        # tag (the helper never gets the job's environment).
+        self.spawned: list[int] = []
 
     async def start(self, command: str, *args: str, **fields: Any) -> Job:
         fields.setdefault("env", {})[TAG] = self.tag
         spec = parse_job_spec({"command": command, "args": list(args), **fields})
         run_as = "nobody" if self.isolate else None
-        return await self.manager.start(spec, "mallory", run_as=run_as)
+        job = await self.manager.start(spec, "mallory", run_as=run_as)
+        if job.pid is not None:
+            self.spawned.append(job.pid)
+        return job
 
     async def sh(self, script: str, **fields: Any) -> Job:
         return await self.start("/bin/sh", "-c", script, **fields)
@@ -70,15 +76,24 @@ class Hostile:
         return 1 if self.isolate else 0
 
     def processes(self) -> list[psutil.Process]:
-        """Every live (not zombie) process carrying this test's tag."""
+        """Every live (not zombie) process carrying this test's tag, and the
+        isolated jobs' inits."""
         found = []
         for p in psutil.process_iter():
             try:
-                if p.environ().get(TAG) == self.tag:
+                if p.environ().get(TAG) == self.tag or self._is_init(p):
                     found.append(p)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass  # gone, a zombie, or a kernel thread
         return found
+
+    def _is_init(self, p: psutil.Process) -> bool:
+        return (
+            self.isolate
+            and p.pid in self.spawned
+            and p.name() == "jobworker-exec"
+            and p.status() != psutil.STATUS_ZOMBIE
+        )
 
     def left_running(self, seen: list[psutil.Process]) -> list[psutil.Process]:
         """Which of ``seen``, and of any other tagged process, is still alive

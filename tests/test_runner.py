@@ -75,12 +75,16 @@ class RunningJobTests(SynchronousTestCase):
             default_grace=10.0,
             make_killer=lambda pid: FakeKiller(self),
         )
+        job.request = LaunchRequest(
+            "/bin/sleep", ("sleep", "1000"), env={"A": "1", "B": "x=y"}, cwd="/x"
+        )
         self.protocol = JobProcessProtocol(job)
         transport = FakeTransport(self.saved)
         self.protocol.makeConnection(transport)
-        # The go-ahead once the stored record names the process; then EOF.
-        assert (transport.stdin, transport.stdin_closed) == ([(b"g", 4242)], True)
-        job.request = LaunchRequest("/bin/sleep", ("sleep", "1000"), cwd="/x")
+        # The go-ahead, with the job's environment, once the stored record
+        # names the process; then EOF.
+        go_ahead = b"A=1\0B=x=y\0\0"
+        assert (transport.stdin, transport.stdin_closed) == ([(go_ahead, 4242)], True)
         job.attach()
         return job
 

@@ -6,7 +6,7 @@
  * the process where the job belongs, then execs the command, so that the
  * command's first instruction already runs there.
  *
- *   jobworker-exec [OPTION]... -- PATH ARGV0 [ARG...]
+ *   jobworker-exec [OPTION]... -- FILE ARGV0 [ARG...]
  *
  * Options (each step runs in the order listed, whatever the order given):
  *   --status-fd N        report on fd N (default 3), see below
@@ -36,13 +36,26 @@
  * did: setsid, chdir, exec.
  *
  * Go-ahead. Before the command exists (before init forks it, or before
- * the exec) the helper reads one byte from stdin. The server sends it once
- * the job's record names this process (its pid), then closes stdin, which
- * the command sees as end of file. A server that dies before that leaves
- * end of file instead: its record cannot name the process, so no one would
- * ever find and kill the job; the helper exits having run nothing. Joining
- * the cgroups and making the namespaces come first, meanwhile: they are
- * most of a start, and the server records the pid in the same time.
+ * the exec) the helper reads its stdin to end of file. The server writes the
+ * job's environment there, once the job's record names this process (its
+ * pid), then closes it, which the command sees as end of file:
+ *
+ *   NAME=VALUE\0 ... NAME=VALUE\0 \0
+ *
+ * each variable ended by a NUL, the whole ended by one more. Only a whole
+ * message is a go-ahead. A server that dies before sending it leaves less:
+ * its record cannot name the process, so no one would ever find and kill
+ * the job; the helper exits having run nothing. Joining the cgroups and
+ * making the namespaces come first, meanwhile: they are most of a start, and
+ * the server records the pid in the same time.
+ *
+ * Environment. The helper runs as root, so nothing of the job may reach it
+ * before privileges are gone: the server spawns it with an empty environment
+ * (a job's LD_PRELOAD, LD_AUDIT or GCONV_PATH would otherwise run code as
+ * root), and the job's environment comes as the data above, given to execve
+ * of the command alone. A FILE without a slash is looked up on the PATH of
+ * that environment (or DEFAULT_PATH), after the drop to the job's user and
+ * the chdir, so it finds what the job itself would find.
  *
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
@@ -68,6 +81,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <grp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -83,9 +97,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-extern char **environ;
-
 #define MAX_CGROUPS 16
+/* The most the go-ahead may hold: above what the kernel lets execve take. */
+#define MAX_GO_AHEAD (8 << 20)
+/* Where a bare FILE is looked up if the job's environment has no PATH. */
+#define DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
 
 struct options {
     const char *cgroup_procs[MAX_CGROUPS];
@@ -98,7 +114,8 @@ struct options {
     gid_t *groups;
     size_t ngroups;
     const char *cwd;
-    char **command; /* PATH ARGV0 [ARG...] */
+    char **command; /* FILE ARGV0 [ARG...] */
+    char **env;     /* the job's, from the go-ahead */
     /* What was given, to refuse combinations that make no sense. */
     int given_uid, given_gid, given_groups, given_namespace_option;
 };
@@ -135,7 +152,7 @@ static void usage(void)
             "usage: jobworker-exec [--status-fd N] [--cgroup-procs PATH]...\n"
             "         [--isolate [--network none|host] [--hostname NAME]]\n"
             "         [--uid N --gid N [--groups G,...]] [--cwd DIR]\n"
-            "         -- PATH ARGV0 [ARG...]\n");
+            "         -- FILE ARGV0 [ARG...]\n");
     _exit(127);
 }
 
@@ -227,22 +244,67 @@ static void parse_options(struct options *o, int argc, char **argv)
     if (o->given_uid != o->given_gid || (o->given_groups && !o->given_uid) ||
         (o->given_namespace_option && !o->isolate))
         usage();
-    if (argc - i < 3) /* "--", PATH, ARGV0 */
+    if (argc - i < 3) /* "--", FILE, ARGV0 */
         usage();
     o->command = &argv[i + 1];
 }
 
 /* Setup, in the helper */
 
-static void wait_for_go(void)
+/* All of stdin, up to its end of file. (A failure exits: nothing to free.) */
+static char *read_stdin(size_t *size)
 {
-    char go;
-    ssize_t n;
-    do
-        n = read(0, &go, 1);
-    while (n < 0 && errno == EINTR);
-    if (n != 1)
-        fail("go", n < 0 ? errno : EPIPE);
+    size_t capacity = 4096;
+    char *data = malloc(capacity);
+    *size = 0;
+    for (;;) {
+        if (*size == capacity) {
+            if (capacity >= MAX_GO_AHEAD)
+                fail("go", E2BIG);
+            capacity *= 2;
+            data = realloc(data, capacity);
+        }
+        if (data == NULL)
+            fail("go", ENOMEM);
+        ssize_t n = read(0, data + *size, capacity - *size);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            fail("go", errno);
+        if (n == 0)
+            return data;
+        *size += (size_t)n;
+    }
+}
+
+/* Read the go-ahead (see "Go-ahead" above) into o->env, or exit. Its
+ * strings stay where they were read; o->env points at them. */
+static void read_go_ahead(struct options *o)
+{
+    size_t size, count = 0;
+    char *data = read_stdin(&size);
+    size_t at = 0;
+    for (;;) {
+        char *end = at < size ? memchr(data + at, '\0', size - at) : NULL;
+        if (end == NULL)
+            fail("go", EPIPE); /* cut short: the server went away */
+        if (end == data + at)
+            break; /* the empty string that ends the message */
+        char *equals = memchr(data + at, '=', (size_t)(end - (data + at)));
+        if (equals == NULL || equals == data + at)
+            fail("go", EINVAL); /* not NAME=VALUE */
+        count++;
+        at = (size_t)(end - data) + 1;
+    }
+    if (at + 1 != size)
+        fail("go", EINVAL); /* something after the end */
+    o->env = calloc(count + 1, sizeof *o->env);
+    if (o->env == NULL)
+        fail("go", ENOMEM);
+    for (size_t k = 0, start = 0; k < count; k++) {
+        o->env[k] = data + start;
+        start += strlen(data + start) + 1;
+    }
 }
 
 static void join_cgroups(const struct options *o)
@@ -359,6 +421,50 @@ static void drop_privileges(const struct options *o)
         fail("prctl", errno);
 }
 
+static const char *search_path(char *const *env)
+{
+    for (; *env != NULL; env++)
+        if (strncmp(*env, "PATH=", 5) == 0)
+            return *env + 5;
+    return DEFAULT_PATH;
+}
+
+/* execve FILE, looked up on the job's PATH if it has no slash, as execvp
+ * would but on the environment given rather than our own. A directory that
+ * does not hold it (or cannot be searched) is passed over; EACCES is told
+ * if nothing better was found. */
+static void exec_file(const char *file, char *const *argv, char *const *env)
+{
+    if (strchr(file, '/') != NULL) {
+        execve(file, argv, env);
+        fail("exec", errno);
+    }
+    size_t file_length = strlen(file);
+    int error = ENOENT;
+    char candidate[PATH_MAX];
+    const char *directory = search_path(env);
+    for (;;) {
+        const char *end = strchrnul(directory, ':');
+        size_t length = (size_t)(end - directory);
+        const char *prefix = length ? directory : "."; /* "" is the cwd */
+        length = length ? length : 1;
+        if (length + 1 + file_length < sizeof candidate) {
+            memcpy(candidate, prefix, length);
+            candidate[length] = '/';
+            memcpy(candidate + length + 1, file, file_length + 1);
+            execve(candidate, argv, env);
+            if (errno == EACCES)
+                error = EACCES;
+            else if (errno != ENOENT && errno != ENOTDIR)
+                fail("exec", errno); /* found, but it cannot run */
+        }
+        if (*end == '\0')
+            break;
+        directory = end + 1;
+    }
+    fail("exec", error);
+}
+
 static void exec_command(const struct options *o)
 {
     if (o->given_uid)
@@ -371,8 +477,7 @@ static void exec_command(const struct options *o)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
-    execve(o->command[0], &o->command[1], environ);
-    fail("exec", errno);
+    exec_file(o->command[0], &o->command[1], o->env);
 }
 
 /* Init */
@@ -525,7 +630,7 @@ int main(int argc, char **argv)
 
     if (o.isolate)
         isolate(&o);
-    wait_for_go();
+    read_go_ahead(&o);
     if (o.isolate)
         run_as_init(&o);
     exec_command(&o);
