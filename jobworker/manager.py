@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.logger import Logger
 
 from jobworker.confinement import Confinement
+from jobworker.datadir import prepare_data_directory, private_directory
 from jobworker.diskspace import DiskSpace
 from jobworker.job import Job, JobStatus, new_job_id, utc_now
 from jobworker.launcher import (
@@ -170,8 +171,9 @@ class JobManager(Service):
                 "isolating jobs in namespaces needs root; run as root, or turn"
                 " isolation off (development only)"
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "jobs").mkdir(exist_ok=True)
+        # Private to the server: records hold jobs' environments.
+        prepare_data_directory(self.data_dir)
+        private_directory(self.data_dir / "jobs")
         if self._launcher is None:
             self._launcher = HelperLauncher(self._reactor)
         self._store = JobStore(self.data_dir / "jobworker.sqlite3")

@@ -30,6 +30,8 @@ from pathlib import Path
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from jobworker.datadir import NOFOLLOW, PRIVATE_FILE, private_directory
+
 
 class Stream(enum.Enum):
     STDOUT = "stdout"
@@ -38,7 +40,6 @@ class Stream(enum.Enum):
 
 
 WRITTEN_STREAMS = (Stream.STDOUT, Stream.STDERR)
-FILE_MODE = 0o640
 INDEX_FILE = "combined.index"
 # One index record: where a segment starts in the combined view, and where it
 # starts in its stream, with the stream in the top bit (set for stderr).
@@ -100,7 +101,7 @@ class OutputLog:
             # The files are made at their first byte (see _append): making a
             # file costs more than most short jobs' whole output, and a
             # missing one reads as empty.
-            directory.mkdir(parents=True, exist_ok=True)
+            private_directory(directory)
         for stream in WRITTEN_STREAMS:
             self._sizes[stream] = _size_or_zero(self.path(stream))
 
@@ -287,7 +288,7 @@ class CombinedIndex:
 
     def __enter__(self) -> CombinedIndex:
         try:
-            self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(self._path, os.O_RDONLY | NOFOLLOW)
         except FileNotFoundError:
             return self
         # A trailing partial record (a crash mid-write) is ignored.
@@ -318,18 +319,18 @@ class CombinedIndex:
 
 def _size_or_zero(path: Path) -> int:
     try:
-        return path.stat().st_size
+        return path.lstat().st_size
     except FileNotFoundError:
         return 0
 
 
 def _open_append(path: Path) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-    return os.open(path, flags, FILE_MODE)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW
+    return os.open(path, flags, PRIVATE_FILE)
 
 
 def _pread(path: Path, length: int, offset: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | NOFOLLOW)
     try:
         return os.pread(fd, length, offset)
     finally:

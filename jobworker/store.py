@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+from jobworker.datadir import private_file
 from jobworker.job import Job, JobStatus, job_from_row, job_to_row
 
 SCHEMA = """
@@ -35,6 +36,11 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # 0600, and SQLite makes the -wal and -shm files with the
+        # database's mode; those an older version left are tightened.
+        private_file(path)
+        for suffix in ("-wal", "-shm"):
+            private_file(path.with_name(path.name + suffix), create=False)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

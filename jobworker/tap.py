@@ -25,6 +25,7 @@ from twisted.python import usage
 
 from jobworker.api import Api, ApiSettings
 from jobworker.auth import Policy, PolicyError
+from jobworker.datadir import UnsafeDataDirectory, prepare_data_directory
 from jobworker.launcher import UnknownUser
 from jobworker.manager import IsolationUnavailable, JobManager, Settings
 from jobworker.spec import InvalidSpec, IOLimits, Limits, parse_size
@@ -145,6 +146,7 @@ def makeService(options: Options) -> IService:
         PolicyError,
         IsolationUnavailable,
         UnknownUser,
+        UnsafeDataDirectory,
         OSError,
     ) as e:
         sys.exit(f"jobworker: {e}")
@@ -159,9 +161,13 @@ def build_service(options: Options) -> IService:
             "isolating jobs needs root: run as root, or pass --no-isolation"
             " (development only: jobs then run unconfined, as this user)"
         )
+    # Checked here, not only when the manager opens it, so that an unsafe
+    # one is a line on stderr rather than a traceback.
+    data_dir = Path(options["data-dir"])
+    prepare_data_directory(data_dir)
     manager = JobManager(
         _reactor(),
-        Path(options["data-dir"]),
+        data_dir,
         Settings(
             max_running_jobs=options["max-jobs"],
             output_limit=options["output-limit"],

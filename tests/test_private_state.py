@@ -1,0 +1,292 @@
+"""
+The server's state is private: jobs, running as other users on the same
+host, can read no job's record or output.
+
+The data directory and the directories in it are 0700, the files 0600; an
+older, looser one is tightened at start-up, one owned by another user or
+writable by others is refused, and nothing under it is opened through a
+symlink. The attack: a job running as nobody, with the data directory in a
+directory every user may enter, tries to read the database, its WAL and
+another job's output, and to list the jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import implementer
+
+from jobworker.datadir import UnsafeDataDirectory
+from jobworker.job import JobStatus
+from jobworker.linux.build import build
+from jobworker.manager import JobManager, Settings
+from jobworker.output import Stream
+from jobworker.pki import write_dev_pki
+from jobworker.spec import parse_job_spec
+
+reactor: Any = global_reactor
+ROOT = Path(__file__).parent.parent
+TWISTD = Path(sys.executable).parent / "twistd"
+DATABASE = "jobworker.sqlite3"
+NOBODY = 65534
+
+# Run as nobody inside a job: what each attempt on the server's state gave.
+SNOOP = """
+import json, os, sys
+data, other = sys.argv[1], sys.argv[2]
+attempts = {
+    "database": lambda: open(f"{data}/jobworker.sqlite3", "rb").read(),
+    "wal": lambda: open(f"{data}/jobworker.sqlite3-wal", "rb").read(),
+    "output": lambda: open(f"{data}/jobs/{other}/stdout", "rb").read(),
+    "jobs": lambda: os.listdir(f"{data}/jobs"),
+    "data": lambda: os.listdir(data),
+}
+results = {}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        results[name] = "read"
+    except OSError as e:
+        results[name] = e.strerror
+results["parent"] = sorted(os.listdir(os.path.dirname(data)))
+print(json.dumps(results))
+"""
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+@pytest.fixture
+def make_manager() -> Iterator[Any]:
+    """Managers on a data directory of the test's choosing, shut down after."""
+    managers: list[JobManager] = []
+
+    def make(data: Path, isolate: bool = False) -> JobManager:
+        manager = JobManager(reactor, data, Settings(isolate=isolate, default_grace=2))
+        manager.open()
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        if manager._store is not None:
+            pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
+
+
+@pytest.fixture
+def warnings() -> Iterator[list[str]]:
+    """What is logged while the test runs."""
+    lines: list[str] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+async def run(manager: JobManager, script: str, **fields: Any) -> str:
+    """Run a shell script as a job to its end; its stdout."""
+    spec = parse_job_spec({"command": "/bin/sh", "args": ["-c", script], **fields})
+    job = await manager.start(spec, "alice")
+    ended = await manager.wait(job.id)
+    assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 0), ended.error
+    return (await manager.read_output(job.id, Stream.STDOUT)).data.decode()
+
+
+# What the server makes
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_state_is_private(make_manager: Any, tmp_path: Path) -> None:
+    """A new data directory and what is in it are the server's alone: the
+    directories 0700, the database with its -wal and -shm and the output 0600."""
+    data = tmp_path / "new" / "data"
+    manager = make_manager(data)
+    await run(manager, "echo out; echo err >&2")
+    (job,) = manager.list()
+    files = [data / DATABASE, data / f"{DATABASE}-wal", data / f"{DATABASE}-shm"]
+    outputs = [data / "jobs" / job.id / name for name in ("stdout", "stderr")]
+    outputs.append(data / "jobs" / job.id / "combined.index")
+    directories = [data, data / "jobs", data / "jobs" / job.id]
+    assert [mode(p) for p in directories] == [0o700] * 3
+    assert [mode(p) for p in files + outputs] == [0o600] * 6
+
+
+# What an older version left
+
+
+@pytest_twisted.ensureDeferred
+async def test_old_loose_state_is_tightened(
+    make_manager: Any, tmp_path: Path, warnings: list[str]
+) -> None:
+    """A data directory an older version made 0755, with a 0644 database and
+    readable output, is made private at start-up, saying so; a symlink in
+    it is left alone, and so is what it points to."""
+    data = tmp_path / "data"
+    old_job = data / "jobs" / ("0" * 32)
+    old_job.mkdir(parents=True)
+    sqlite3.connect(data / DATABASE).close()
+    (old_job / "stdout").write_bytes(b"old output")
+    outside = tmp_path / "outside"
+    outside.write_text("not ours to change")
+    (data / "jobs" / "link").symlink_to(outside)
+    for path, loose in [
+        (data, 0o755),
+        (data / "jobs", 0o755),
+        (old_job, 0o755),
+        (data / DATABASE, 0o644),
+        (old_job / "stdout", 0o640),
+        (outside, 0o644),
+    ]:
+        path.chmod(loose)
+    make_manager(data)
+    assert [mode(p) for p in (data, data / "jobs", old_job)] == [0o700] * 3
+    assert [mode(p) for p in (data / DATABASE, old_job / "stdout")] == [0o600] * 2
+    assert mode(outside) == 0o644
+    assert f"{data} was mode 0755, open to other users: made 0700" in warnings
+
+
+@pytest.mark.parametrize("loose", [0o777, 0o770, 0o1777])
+def test_data_directory_writable_by_others_is_refused(
+    make_manager: Any, tmp_path: Path, loose: int
+) -> None:
+    """A data directory others may write to is refused, and left as it is."""
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(loose)
+    with pytest.raises(UnsafeDataDirectory, match="is writable by others"):
+        make_manager(data)
+    assert (mode(data), os.listdir(data)) == (loose, [])
+
+
+def test_database_through_a_symlink_is_refused(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """A database that is a symlink is refused; what it points to is untouched."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere.sqlite3"
+    (data / DATABASE).symlink_to(elsewhere)
+    with pytest.raises(UnsafeDataDirectory, match="symbolic links"):
+        make_manager(data)
+    assert not elsewhere.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_is_not_read_through_a_symlink(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """An ended job's output file replaced by a symlink is not followed."""
+    manager = make_manager(tmp_path / "data")
+    await run(manager, "echo out")
+    (job,) = manager.list()
+    secret = tmp_path / "secret"
+    secret.write_text("secret")
+    stdout = manager.data_dir / "jobs" / job.id / "stdout"
+    stdout.unlink()
+    stdout.symlink_to(secret)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        await manager.read_output(job.id, Stream.STDOUT)
+
+
+# Owned by another user, and the attack: these need root
+
+
+@pytest.mark.root
+def test_data_directory_of_another_user_is_refused(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """A data directory owned by another user is refused, and left as it is."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, NOBODY, NOBODY)
+    with pytest.raises(UnsafeDataDirectory, match="is owned by uid 65534"):
+        make_manager(data)
+    assert (data.stat().st_uid, os.listdir(data)) == (NOBODY, [])
+
+
+@pytest.mark.root
+def test_twistd_refuses_another_users_data_directory(tmp_path: Path) -> None:
+    """twistd on another user's data directory: one line on stderr, exit 1."""
+    certs = tmp_path / "pki"
+    write_dev_pki(certs)
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, NOBODY, NOBODY)
+    result = subprocess.run(
+        [str(TWISTD), "--pidfile=", "-n", "jobworker",
+         "--cert", str(certs / "server.pem"), "--key", str(certs / "server.key"),
+         "--ca", str(certs / "ca.pem"), "--data-dir", str(data), "--port", "0"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert lines == [
+        f"jobworker: data directory {data} is owned by uid {NOBODY}, not by this"
+        f" server's user (uid 0): refusing to use it"
+    ]
+
+
+@pytest.fixture
+def open_parent() -> Iterator[Path]:
+    """A directory every user may enter: only the data directory's own mode
+    then keeps a job out of it."""
+    parent = Path(tempfile.mkdtemp(prefix="jobworker-test-"))
+    parent.chmod(0o755)
+    yield parent
+    shutil.rmtree(parent)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "plain"])
+@pytest_twisted.ensureDeferred
+async def test_job_cannot_read_the_servers_state(
+    make_manager: Any, open_parent: Path, isolate: bool
+) -> None:
+    """A job cannot read the database, its WAL, another job's output, or list
+    the jobs or the data directory, though it can list the data directory's
+    parent."""
+    build()
+    data = open_parent / "data"
+    manager = make_manager(data, isolate=isolate)
+    secret = parse_job_spec(
+        {"command": "/bin/echo", "args": ["output"], "env": {"TOKEN": "secret"}}
+    )
+    other = await manager.start(secret, "charlie", run_as="nobody")
+    await manager.wait(other.id)
+    assert (data / f"{DATABASE}-wal").stat().st_size > 0
+    snoop = parse_job_spec(
+        {"command": "/usr/bin/python3", "args": ["-c", SNOOP, str(data), other.id]}
+    )
+    job = await manager.start(snoop, "mallory", run_as="nobody")
+    ended = await manager.wait(job.id)
+    out = await manager.read_output(job.id, Stream.STDOUT)
+    assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 0)
+    denied = "Permission denied"
+    assert json.loads(out.data) == {
+        "database": denied,
+        "wal": denied,
+        "output": denied,
+        "jobs": denied,
+        "data": denied,
+        "parent": ["data"],
+    }
