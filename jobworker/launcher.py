@@ -85,6 +85,10 @@ class LaunchRequest:
     uid: int | None = None
     gid: int | None = None
     groups: tuple[int, ...] = ()
+    # What the helper waits for before it runs the command: the job's
+    # environment, each ``NAME=VALUE`` ended by a NUL, and one NUL more. Made
+    # here, so that an environment that cannot be sent fails before a spawn.
+    go_ahead: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.network not in NETWORK_MODES:
@@ -95,17 +99,12 @@ class LaunchRequest:
             raise ValueError("uid and gid go together")
         if self.groups and self.uid is None:
             raise ValueError("groups need a uid and gid")
+        entries = []
         for name, value in self.env.items():
             if not name or "=" in name or "\0" in name or "\0" in value:
                 raise ValueError(f"not an environment variable: {name!r}")
-
-    def go_ahead(self) -> bytes:
-        """
-        What the helper waits for before it runs the command: the job's
-        environment, each ``NAME=VALUE`` ended by a NUL, and one NUL more.
-        """
-        entries = (os.fsencode(f"{name}={value}") for name, value in self.env.items())
-        return b"".join(entry + b"\0" for entry in entries) + b"\0"
+            entries.append(f"{name}={value}\0".encode())  # or UnicodeEncodeError
+        object.__setattr__(self, "go_ahead", b"".join(entries) + b"\0")
 
 
 class Launcher(Protocol):

@@ -195,7 +195,7 @@ class RunningJob:
         # The go-ahead carries the job's environment; then stdin closes:
         # jobs get no input, it reads as end of file.
         assert self.request is not None
-        transport.writeToChild(0, self.request.go_ahead())
+        transport.writeToChild(0, self.request.go_ahead)
         transport.closeStdin()
 
     def attach(self) -> None:

@@ -207,6 +207,15 @@ def _string(value: object, name: str, max_length: int = MAX_ARG_LENGTH) -> str:
         raise InvalidSpec(name, "must be a string")
     if "\x00" in value:
         raise InvalidSpec(name, "must not contain NUL bytes")
+    if not value.isascii():
+        # JSON may escape half a surrogate pair ("\ud800"): no such string
+        # can be given to a process.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidSpec(
+                name, "must be valid Unicode (a lone surrogate)"
+            ) from None
     if len(value) > max_length:
         raise InvalidSpec(name, f"must be at most {max_length} characters")
     return value

@@ -87,7 +87,7 @@ def probe() -> Iterator[Path]:
 
 
 def go_ahead(**env: str) -> bytes:
-    return LaunchRequest("/bin/true", ("true",), env=env).go_ahead()
+    return LaunchRequest("/bin/true", ("true",), env=env).go_ahead
 
 
 def run_helper(
@@ -125,10 +125,22 @@ def test_go_ahead_carries_the_environment() -> None:
     assert go_ahead() == b"\0"
 
 
-@pytest.mark.parametrize("env", [{"": "x"}, {"A=B": "x"}, {"A\0": "x"}, {"A": "x\0y"}])
-def test_launch_request_refuses_what_is_no_variable(env: dict[str, str]) -> None:
-    """A name that is empty or holds '=' or NUL, or a NUL in a value, is refused."""
-    with pytest.raises(ValueError, match="not an environment variable"):
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"": "x"}, "not an environment variable"),
+        ({"A=B": "x"}, "not an environment variable"),
+        ({"A\0": "x"}, "not an environment variable"),
+        ({"A": "x\0y"}, "not an environment variable"),
+        ({"A": "\ud800"}, "surrogates not allowed"),
+    ],
+)
+def test_launch_request_refuses_what_cannot_be_sent(
+    env: dict[str, str], error: str
+) -> None:
+    """A name that is empty or holds '=' or NUL, a NUL in a value, or a string
+    that is no Unicode, is refused before anything is spawned."""
+    with pytest.raises(ValueError, match=error):
         LaunchRequest("/bin/true", ("true",), env=env)
 
 

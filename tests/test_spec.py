@@ -84,6 +84,8 @@ def test_sizes(text: str, expected: int) -> None:
         ({"command": "x", "args": ["a", 2]}, "args[1]", "must be a string"),
         ({"command": "x", "args": ["a"] * (MAX_ARGS + 1)}, "args", "must have at most"),
         ({"command": "x", "args": ["a" * 200_000]}, "args[0]", "must be at most"),
+        ({"command": "x", "args": ["\ud800"]}, "args[0]", "must be valid Unicode"),
+        ({"command": "x", "env": {"A": "\udcff"}}, "env.A", "must be valid Unicode"),
         ({"command": "x", "env": {"A": 1}}, "env.A", "must be a string"),
         ({"command": "x", "env": {"1A": "v"}}, "env.1A", "not a valid variable name"),
         ({"command": "x", "env": []}, "env", "must be an object"),
