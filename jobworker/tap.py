@@ -26,7 +26,7 @@ from twisted.python import usage
 from jobworker.api import Api, ApiSettings
 from jobworker.auth import Policy, PolicyError
 from jobworker.datadir import UnsafeDataDirectory, prepare_data_directory
-from jobworker.launcher import UnknownUser
+from jobworker.launcher import DEFAULT_JOB_PATH, UnknownUser
 from jobworker.manager import IsolationUnavailable, JobManager, Settings
 from jobworker.spec import InvalidSpec, IOLimits, Limits, parse_size
 from jobworker.tls import TLSConfigError, server_tls_options
@@ -45,6 +45,7 @@ PARAMETERS = [
     ["max-jobs", None, 256, "Most jobs running at once.", int],
     ["output-limit", None, "10G", "Most output per job; beyond, it is stopped."],
     ["grace", None, 10.0, "Seconds from SIGTERM to SIGKILL on stop.", float],
+    ["job-path", None, DEFAULT_JOB_PATH, "PATH of a job that sets none."],
     ["max-body", None, "1M", "Largest request body."],
     ["idle-timeout", None, 60.0, "Close connections idle this long.", float],
     ["handshake-timeout", None, 10.0, "Seconds to finish the TLS handshake.", float],
@@ -172,6 +173,7 @@ def build_service(options: Options) -> IService:
             max_running_jobs=options["max-jobs"],
             output_limit=options["output-limit"],
             default_grace=options["grace"],
+            job_path=options["job-path"],
             isolate=isolate,
             default_limits=default_limits(options),
         ),

@@ -24,8 +24,8 @@ For a release, run longer and with fresh examples::
 operation for schemathesis); ``JOBWORKER_FUZZ_SEED`` is a number, or
 ``random`` for new examples each run (a failure prints how to reproduce it).
 
-Jobs started by fuzzing are harmless: the server's PATH is an empty
-directory, so a bare command name never resolves; they run isolated as
+Jobs started by fuzzing are harmless: the PATH the server gives them is an
+empty directory, so a bare command name never resolves; they run isolated as
 ``nobody`` where the tests run as root; at most a few run at once; the data
 directory is temporary; and every job is stopped at the end.
 """
@@ -151,9 +151,9 @@ def fuzz_server(
          "--ca", str(dev_pki.ca), "--policy", str(POLICY),
          "--data-dir", str(directory / "data"), "--port", str(port),
          "--max-jobs", "4", "--grace", "1", "--max-body", "64K",
+         "--job-path", str(empty),
          "--header-timeout", "1", "--body-timeout", "1", *isolation],
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PATH": str(empty)},
     )  # fmt: skip
     server = FuzzServer(process, port, log, dev_pki, [])
     try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -159,25 +162,52 @@ def test_help_shows_the_default_limits() -> None:
         assert f"--{name}=".encode() in result.stdout
 
 
+@contextmanager
+def serving(
+    certs: Path, data: Path, *extra: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """twistd with ``extra`` options, up and answering; killed at the end."""
+    port = free_port()
+    server = subprocess.Popen(
+        twistd(certs, data, *extra, port=port),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while curl(certs, url + "/v1/healthz").returncode != 0:
+            assert server.poll() is None, server.communicate()[0].decode()
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.1)
+        yield server, url
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
 @pytest.fixture
 def running_server(
     certs: Path, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    server = subprocess.Popen(
-        twistd(certs, tmp_path / "data", "--grace", "30", port=port),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while curl(certs, url + "/v1/healthz").returncode != 0:
-        assert server.poll() is None, server.communicate()[0].decode()
-        assert time.monotonic() < deadline, "server did not come up"
-        time.sleep(0.1)
-    yield server, url
-    if server.poll() is None:
-        server.kill()
-        server.wait()
+    with serving(certs, tmp_path / "data", "--grace", "30") as server:
+        yield server
+
+
+def test_job_path_is_the_path_of_jobs(certs: Path, tmp_path: Path) -> None:
+    """--job-path is where a job that sets no PATH finds a bare command name."""
+    tools = Path(tempfile.mkdtemp(prefix="jobworker-tools-"))
+    try:
+        tools.chmod(0o755)
+        (tools / "tool").write_text("#!/bin/sh\necho from the job path\n")
+        (tools / "tool").chmod(0o755)
+        with serving(certs, tmp_path / "data", "--job-path", str(tools)) as (_, url):
+            started = curl(certs, url + "/v1/jobs", "-d", '{"command": "tool"}')
+            job = json.loads(started.stdout)
+            output = curl(certs, f"{url}/v1/jobs/{job['id']}/output?wait=10")
+        assert output.stdout == b"from the job path\n"
+    finally:
+        shutil.rmtree(tools)
 
 
 @pytest.mark.root
