@@ -9,8 +9,13 @@ server's user. What the server owns and finds looser (an older version made
 others may write, is refused: anyone could have put anything there.
 
 Below the data directory nothing is opened through a symlink
-(``O_NOFOLLOW``); the data directory itself may be one, as an administrator
-may have made it.
+(``O_NOFOLLOW``). The data directory itself may be one, made by root or the
+server's user; above it, every directory must be theirs too, and writable
+by others only if sticky (``/tmp``): otherwise another user could move the
+data directory aside and put their own in its place.
+
+Layout: ``jobworker.sqlite3`` (with ``-wal`` and ``-shm``), and ``jobs/``
+with a directory of files per job.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+DATABASE = "jobworker.sqlite3"
+JOBS = "jobs"
 PRIVATE_DIRECTORY = 0o700
 PRIVATE_FILE = 0o600
 # Group and other bits: what "looser" means.
@@ -40,31 +47,30 @@ class UnsafeDataDirectory(Exception):
 
 def prepare_data_directory(path: Path) -> None:
     """
-    Make ``path`` (and its parents) if it is missing, 0700; or check the one
-    there and tighten it. A directory found looser was made by an older
-    version: everything in it is tightened too, once. Raises
-    ``UnsafeDataDirectory``.
+    Make the data directory ``path`` (and its parents, and ``jobs/`` in it)
+    if missing, 0700; or check the one there and tighten it. A data
+    directory found looser was made by an older version: its jobs are
+    tightened too, once. Raises ``UnsafeDataDirectory``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    if _make_directory(path):
-        return
-    info = os.stat(path)  # the path given may be a symlink, the rest not
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeDataDirectory(f"data directory {path} is not a directory")
-    _refuse_unless_ours(path, info, "data directory")
-    if _tighten(path, info):
-        _tighten_everything_in(path)
+    _refuse_foreign_symlink(path)
+    _refuse_unsafe_ancestors(Path(os.path.realpath(path)))
+    if not _make_directory(path):
+        info = os.stat(path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise UnsafeDataDirectory(f"data directory {path} is not a directory")
+        _refuse_unless_ours(path, info, "data directory")
+        if info.st_mode & SHARED_BITS:
+            _refuse_unless_a_data_directory(path)
+            _tighten(path, info, say=True)
+            _tighten_jobs(path / JOBS)
+    private_directory(path / JOBS)
 
 
 def private_directory(path: Path) -> None:
     """A directory under the data directory: made 0700, or checked."""
-    if _make_directory(path):
-        return
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeDataDirectory(f"{path} is not a directory (a symlink?)")
-    _refuse_unless_ours(path, info, "directory")
-    _tighten(path, info)
+    if not _make_directory(path):
+        _tighten_directory(path, say=True)
 
 
 def private_file(path: Path, create: bool = True) -> None:
@@ -72,24 +78,7 @@ def private_file(path: Path, create: bool = True) -> None:
     A file under the data directory: made empty and 0600 if missing (unless
     ``create`` is false), or checked and tightened. Never through a symlink.
     """
-    # O_NONBLOCK: a FIFO planted there must not hang the open.
-    flags = os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | (os.O_CREAT if create else 0)
-    try:
-        fd = os.open(path, flags, PRIVATE_FILE)
-    except FileNotFoundError:
-        return  # not there, and not to be made
-    except OSError as e:
-        raise UnsafeDataDirectory(f"cannot open {path}: {e.strerror}") from e
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeDataDirectory(f"{path} is not a regular file")
-        _refuse_unless_ours(path, info, "file")
-        if info.st_mode & SHARED_BITS:
-            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~SHARED_BITS)
-            _log_tightened(path, info)
-    finally:
-        os.close(fd)
+    _tighten_file(path, create, say=True)
 
 
 def _make_directory(path: Path) -> bool:
@@ -99,6 +88,36 @@ def _make_directory(path: Path) -> bool:
     except FileExistsError:
         return False
     return True
+
+
+def _tighten_directory(path: Path, say: bool) -> bool:
+    """Check a directory under the data directory, and take every group and
+    other bit off it; whether there were any."""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDataDirectory(f"{path} is not a directory (a symlink?)")
+    _refuse_unless_ours(path, info, "directory")
+    return _tighten(path, info, say)
+
+
+def _tighten_file(path: Path, create: bool, say: bool) -> bool:
+    """As ``_tighten_directory``, for a file, through a descriptor."""
+    # O_NONBLOCK: a FIFO planted there must not hang the open.
+    flags = os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE)
+    except FileNotFoundError:
+        return False  # not there, and not to be made
+    except OSError as e:
+        raise UnsafeDataDirectory(f"cannot open {path}: {e.strerror}") from e
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeDataDirectory(f"{path} is not a regular file")
+        _refuse_unless_ours(path, info, "file")
+        return _tighten(path, info, say, fd)
+    finally:
+        os.close(fd)
 
 
 def _refuse_unless_ours(path: Path, info: os.stat_result, what: str) -> None:
@@ -114,38 +133,80 @@ def _refuse_unless_ours(path: Path, info: os.stat_result, what: str) -> None:
         )
 
 
-def _tighten(path: Path, info: os.stat_result) -> bool:
+def _tighten(
+    path: Path, info: os.stat_result, say: bool, fd: int | None = None
+) -> bool:
     """Take every group and other bit off ``path``; whether there were any."""
-    if not info.st_mode & SHARED_BITS:
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & SHARED_BITS:
         return False
-    os.chmod(path, stat.S_IMODE(info.st_mode) & ~SHARED_BITS)
-    _log_tightened(path, info)
+    os.chmod(path if fd is None else fd, mode & ~SHARED_BITS)
+    if say:
+        log.warn(
+            "{path} was mode {old}, open to other users: made {new}",
+            path=str(path),
+            old=f"{mode:04o}",
+            new=f"{mode & ~SHARED_BITS:04o}",
+        )
     return True
 
 
-def _log_tightened(path: Path, info: os.stat_result) -> None:
-    mode = stat.S_IMODE(info.st_mode)
-    log.warn(
-        "{path} was mode {old}, open to other users: made {new}",
-        path=str(path),
-        old=f"{mode:04o}",
-        new=f"{mode & ~SHARED_BITS:04o}",
-    )
+def _refuse_foreign_symlink(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode) and info.st_uid not in (0, os.geteuid()):
+        raise UnsafeDataDirectory(
+            f"data directory {path} is a symlink made by uid {info.st_uid}:"
+            " refusing to use it"
+        )
 
 
-def _tighten_everything_in(top: Path) -> None:
-    """What an older version left readable under ``top``: symlinks aside."""
-    count = 0
-    for directory, subdirectories, files in os.walk(top):
-        for name in (*subdirectories, *files):
-            path = os.path.join(directory, name)
-            info = os.lstat(path)
-            if info.st_mode & SHARED_BITS and not stat.S_ISLNK(info.st_mode):
-                os.chmod(path, stat.S_IMODE(info.st_mode) & ~SHARED_BITS)
-                count += 1
+def _refuse_unsafe_ancestors(real_path: Path) -> None:
+    """Every directory above ``real_path``: root's or ours, and not writable
+    by others unless sticky (where no one may move what is ours)."""
+    for ancestor in real_path.parents:
+        info = os.stat(ancestor)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, os.geteuid()):
+            raise UnsafeDataDirectory(
+                f"{ancestor}, above the data directory, is owned by uid"
+                f" {info.st_uid}: refusing to use a data directory there"
+            )
+        if mode & WRITABLE_BY_OTHERS and not mode & stat.S_ISVTX:
+            raise UnsafeDataDirectory(
+                f"{ancestor}, above the data directory, is writable by others"
+                f" (mode {mode:04o}): refusing to use a data directory there"
+            )
+
+
+def _refuse_unless_a_data_directory(path: Path) -> None:
+    """A loose directory is tightened only if it is empty or ours (it holds
+    the database): not /var/lib, given by mistake."""
+    entries = os.listdir(path)
+    if entries and DATABASE not in entries:
+        raise UnsafeDataDirectory(
+            f"data directory {path} holds other files and no {DATABASE}, and is"
+            " open to other users: refusing to change it (give a new or empty"
+            " directory)"
+        )
+
+
+def _tighten_jobs(jobs: Path) -> None:
+    """What an older version left readable in ``jobs/``: each job's directory
+    and the files in it, never through a symlink; one log line for all."""
+    if not os.path.lexists(jobs):
+        return
+    count = int(_tighten_directory(jobs, say=False))
+    for job in os.scandir(jobs):
+        count += _tighten_directory(Path(job.path), say=False)
+        for entry in os.scandir(job.path):
+            count += _tighten_file(Path(entry.path), create=False, say=False)
     if count:
         log.warn(
-            "{top}: {count} more files and directories made private",
-            top=str(top),
+            "{jobs}: {count} more directories and files were open to other users:"
+            " made private",
+            jobs=str(jobs),
             count=count,
         )

@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorT
 from twisted.logger import Logger
 
 from jobworker.confinement import Confinement
-from jobworker.datadir import prepare_data_directory, private_directory
+from jobworker.datadir import DATABASE, JOBS, prepare_data_directory
 from jobworker.diskspace import DiskSpace
 from jobworker.job import Job, JobStatus, new_job_id, utc_now
 from jobworker.launcher import (
@@ -173,10 +173,9 @@ class JobManager(Service):
             )
         # Private to the server: records hold jobs' environments.
         prepare_data_directory(self.data_dir)
-        private_directory(self.data_dir / "jobs")
         if self._launcher is None:
             self._launcher = HelperLauncher(self._reactor)
-        self._store = JobStore(self.data_dir / "jobworker.sqlite3")
+        self._store = JobStore(self.data_dir / DATABASE)
         self._space = DiskSpace(self.data_dir, self.settings.disk_reserve)
         if self.settings.cgroups:
             self.confinement = Confinement.detect(str(self.data_dir), self._clock)
@@ -394,7 +393,7 @@ class JobManager(Service):
         return result
 
     def _job_dir(self, job_id: str) -> Path:
-        return self.data_dir / "jobs" / job_id
+        return self.data_dir / JOBS / job_id
 
     def get(self, job_id: str) -> Job:
         live = self._live.get(job_id)

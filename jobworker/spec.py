@@ -236,7 +236,7 @@ def _env(value: object) -> dict[str, str]:
         raise InvalidSpec("env", f"must have at most {MAX_ENV} variables")
     env = {}
     for key, item in value.items():
-        if not ENV_NAME.match(key):
+        if not ENV_NAME.fullmatch(key):
             raise InvalidSpec(f"env.{key}", "is not a valid variable name")
         env[key] = _string(item, f"env.{key}")
     return env

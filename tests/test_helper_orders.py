@@ -91,13 +91,17 @@ def go_ahead(**env: str) -> bytes:
 
 
 def run_helper(
-    message: bytes, *command: str, env: dict[str, str] | None = None
+    message: bytes,
+    *command: str,
+    env: dict[str, str] | None = None,
+    options: tuple[str, ...] = (),
 ) -> tuple[str, bytes]:
     """Run the helper itself with ``message`` on its stdin: status, stdout."""
     status_read, status_write = os.pipe()
+    helper = [str(helper_path()), "--status-fd", str(status_write), *options]
     try:
         result = subprocess.run(
-            [str(helper_path()), "--status-fd", str(status_write), "--", *command],
+            [*helper, "--", *command],
             input=message,
             capture_output=True,
             pass_fds=(status_write,),
@@ -206,6 +210,28 @@ def test_bare_name_not_found_or_not_executable(
         (tmp_path / "tool").chmod(mode)
     status, out = run_helper(go_ahead(PATH=f"/nonexistent:{tmp_path}"), "tool", "tool")
     assert (status, out) == (f"error exec {number}\n", b"")
+
+
+@pytest.mark.root
+def test_bare_name_is_looked_up_as_the_jobs_user() -> None:
+    """The lookup runs as the job's user: a directory on its PATH that only
+    root may search is passed over, as the job itself would."""
+    top = Path(tempfile.mkdtemp(prefix="jobworker-path-"))
+    try:
+        top.chmod(0o755)
+        root_only, usable = top / "root-only", top / "usable"
+        root_only.mkdir(mode=0o700)
+        usable.mkdir(mode=0o755)
+        executable(root_only / "tool", "echo root")
+        executable(usable / "tool", "echo usable")
+        status, out = run_helper(
+            go_ahead(PATH=f"{root_only}:{usable}"),
+            *("tool", "tool"),
+            options=("--uid", str(NOBODY), "--gid", str(NOBODY)),
+        )
+        assert (status, out) == ("", b"usable\n")
+    finally:
+        shutil.rmtree(top)
 
 
 # Attacks, as root: the helper is root until the drop

@@ -134,35 +134,97 @@ async def test_new_state_is_private(make_manager: Any, tmp_path: Path) -> None:
 # What an older version left
 
 
-@pytest_twisted.ensureDeferred
-async def test_old_loose_state_is_tightened(
-    make_manager: Any, tmp_path: Path, warnings: list[str]
-) -> None:
-    """A data directory an older version made 0755, with a 0644 database and
-    readable output, is made private at start-up, saying so; a symlink in
-    it is left alone, and so is what it points to."""
-    data = tmp_path / "data"
+def old_data_directory(data: Path) -> Path:
+    """A data directory as an older version left it: 0755, a 0644 database,
+    a job's directory and output readable by all. Its job's directory."""
     old_job = data / "jobs" / ("0" * 32)
     old_job.mkdir(parents=True)
     sqlite3.connect(data / DATABASE).close()
     (old_job / "stdout").write_bytes(b"old output")
-    outside = tmp_path / "outside"
-    outside.write_text("not ours to change")
-    (data / "jobs" / "link").symlink_to(outside)
     for path, loose in [
         (data, 0o755),
         (data / "jobs", 0o755),
         (old_job, 0o755),
         (data / DATABASE, 0o644),
         (old_job / "stdout", 0o640),
-        (outside, 0o644),
     ]:
         path.chmod(loose)
+    return old_job
+
+
+def test_old_loose_state_is_tightened(
+    make_manager: Any, tmp_path: Path, warnings: list[str]
+) -> None:
+    """An older version's data directory is made private at start-up, with
+    what is in it, saying so."""
+    data = tmp_path / "data"
+    old_job = old_data_directory(data)
     make_manager(data)
     assert [mode(p) for p in (data, data / "jobs", old_job)] == [0o700] * 3
     assert [mode(p) for p in (data / DATABASE, old_job / "stdout")] == [0o600] * 2
-    assert mode(outside) == 0o644
     assert f"{data} was mode 0755, open to other users: made 0700" in warnings
+    assert (
+        f"{data / 'jobs'}: 3 more directories and files were open to other users:"
+        " made private"
+    ) in warnings
+
+
+def test_symlink_in_old_state_is_refused(make_manager: Any, tmp_path: Path) -> None:
+    """A symlink where an old job's output should be is refused, not followed:
+    what it points to keeps its mode."""
+    data = tmp_path / "data"
+    old_job = old_data_directory(data)
+    outside = tmp_path / "outside"
+    outside.write_text("not ours to change")
+    outside.chmod(0o644)
+    (old_job / "stdout").unlink()
+    (old_job / "stdout").symlink_to(outside)
+    with pytest.raises(UnsafeDataDirectory, match="Too many levels of symbolic"):
+        make_manager(data)
+    assert mode(outside) == 0o644
+
+
+def test_loose_directory_that_is_no_data_directory_is_left_alone(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """A 0755 directory holding other things and no database (/var/lib, given
+    by mistake) is refused, and nothing in it changes."""
+    data = tmp_path / "lib"
+    (data / "other").mkdir(parents=True)
+    data.chmod(0o755)
+    (data / "other").chmod(0o755)
+    with pytest.raises(UnsafeDataDirectory, match="holds other files and no"):
+        make_manager(data)
+    assert (mode(data), mode(data / "other"), os.listdir(data)) == (
+        0o755,
+        0o755,
+        ["other"],
+    )
+
+
+def test_data_directory_under_a_directory_others_may_write_is_refused(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """Above the data directory, a directory writable by others (not sticky,
+    as /tmp is) is refused: another user could swap the data directory."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UnsafeDataDirectory, match="above the data directory, is"):
+        make_manager(shared / "data")
+    assert os.listdir(shared) == []
+
+
+def test_data_directory_under_a_sticky_directory_is_used(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """A sticky directory writable by all (as /tmp) may hold the data
+    directory: no one else may move it there."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    make_manager(shared / "data")
+    assert mode(shared / "data") == 0o700
 
 
 @pytest.mark.parametrize("loose", [0o777, 0o770, 0o1777])
@@ -222,6 +284,24 @@ def test_data_directory_of_another_user_is_refused(
     with pytest.raises(UnsafeDataDirectory, match="is owned by uid 65534"):
         make_manager(data)
     assert (data.stat().st_uid, os.listdir(data)) == (NOBODY, [])
+
+
+@pytest.mark.root
+def test_data_directory_symlink_of_another_user_is_refused(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """A data directory path that is a symlink another user made (a job, in
+    /tmp, waiting for it) is refused: what it points to is left as it is."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "conf").write_text("x")
+    target.chmod(0o755)
+    link = tmp_path / "data"
+    link.symlink_to(target)
+    os.chown(link, NOBODY, NOBODY, follow_symlinks=False)
+    with pytest.raises(UnsafeDataDirectory, match="is a symlink made by uid 65534"):
+        make_manager(link)
+    assert (mode(target), os.listdir(target)) == (0o755, ["conf"])
 
 
 @pytest.mark.root

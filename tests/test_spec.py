@@ -88,6 +88,7 @@ def test_sizes(text: str, expected: int) -> None:
         ({"command": "x", "env": {"A": "\udcff"}}, "env.A", "must be valid Unicode"),
         ({"command": "x", "env": {"A": 1}}, "env.A", "must be a string"),
         ({"command": "x", "env": {"1A": "v"}}, "env.1A", "not a valid variable name"),
+        ({"command": "x", "env": {"A\n": "v"}}, "env.A\n", "not a valid variable"),
         ({"command": "x", "env": []}, "env", "must be an object"),
         ({"command": "x", "cwd": "tmp"}, "cwd", "must be an absolute path"),
         ({"command": "x", "timeout": 0}, "timeout", "must be a positive number"),
