@@ -10,8 +10,13 @@ a CI run can never pass without having run them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from jobworker.manager import JobManager
 
 REQUIRE_ROOT_TESTS = os.environ.get("JOBWORKER_REQUIRE_ROOT_TESTS") == "1"
 
@@ -21,6 +26,17 @@ def skip_or_fail(reason: str) -> None:
     if REQUIRE_ROOT_TESTS:
         pytest.fail(f"required test cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def managers() -> Iterator[list[JobManager]]:
+    """Managers a test opens: add them here, and each still open is shut
+    down (its jobs stopped) at the end."""
+    opened: list[JobManager] = []
+    yield opened
+    for manager in opened:
+        if manager._store is not None:
+            pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -25,7 +25,6 @@ import psutil
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
 
 from jobworker.job import Job, JobStatus
 from jobworker.launcher import LaunchRequest, resolve_user
@@ -238,9 +237,8 @@ def test_bare_name_is_looked_up_as_the_jobs_user() -> None:
 
 
 @pytest.fixture
-def make_manager(tmp_path: Path) -> Iterator[Any]:
+def make_manager(tmp_path: Path, managers: list[JobManager]) -> Any:
     """Managers isolating jobs or not, shut down at the end."""
-    managers: list[JobManager] = []
 
     def make(isolate: bool) -> JobManager:
         data = tmp_path / f"data{len(managers)}"
@@ -249,9 +247,7 @@ def make_manager(tmp_path: Path) -> Iterator[Any]:
         managers.append(manager)
         return manager
 
-    yield make
-    for manager in managers:
-        pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
+    return make
 
 
 async def run_as_nobody(
@@ -268,34 +264,23 @@ async def run_as_nobody(
 
 @pytest.mark.root
 @pytest.mark.parametrize("isolate", [ISOLATED, PLAIN])
+@pytest.mark.parametrize(
+    ("variable", "hook"), [("LD_PRELOAD", "loaded"), ("LD_AUDIT", "audit")]
+)
 @pytest_twisted.ensureDeferred
-async def test_ld_preload_never_runs_as_root(
-    make_manager: Any, probe: Path, isolate: bool
+async def test_loader_variables_never_run_as_root(
+    make_manager: Any, probe: Path, isolate: bool, variable: str, hook: str
 ) -> None:
-    """A job's LD_PRELOAD is loaded by its command, as the job's user, only."""
+    """A job's LD_PRELOAD or LD_AUDIT library is loaded by its command, as the
+    job's user, and nowhere else."""
     manager = make_manager(isolate)
     ended, _, err = await run_as_nobody(
-        manager, "/bin/true", env={"LD_PRELOAD": str(probe)}
+        manager, "/bin/true", env={variable: str(probe)}
     )
     assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 0)
-    assert err.decode().splitlines() == [f"loaded euid={NOBODY}"]
-
-
-@pytest.mark.root
-@pytest.mark.parametrize("isolate", [ISOLATED, PLAIN])
-@pytest_twisted.ensureDeferred
-async def test_ld_audit_never_runs_as_root(
-    make_manager: Any, probe: Path, isolate: bool
-) -> None:
-    """A job's LD_AUDIT library is loaded by its command, as the job's user, only."""
-    manager = make_manager(isolate)
-    ended, _, err = await run_as_nobody(
-        manager, "/bin/true", env={"LD_AUDIT": str(probe)}
-    )
-    assert (ended.status, ended.exit_code) == (JobStatus.EXITED, 0)
-    lines = err.decode().splitlines()
-    assert "audit" in {line.split()[0] for line in lines}
-    assert {line.split()[1] for line in lines} == {f"euid={NOBODY}"}
+    lines = [line.split() for line in err.decode().splitlines()]
+    assert hook in {how for how, _ in lines}
+    assert {euid for _, euid in lines} == {f"euid={NOBODY}"}
 
 
 @pytest.mark.root

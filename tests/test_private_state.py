@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -73,9 +72,8 @@ def mode(path: Path) -> int:
 
 
 @pytest.fixture
-def make_manager() -> Iterator[Any]:
+def make_manager(managers: list[JobManager]) -> Any:
     """Managers on a data directory of the test's choosing, shut down after."""
-    managers: list[JobManager] = []
 
     def make(data: Path, isolate: bool = False) -> JobManager:
         manager = JobManager(reactor, data, Settings(isolate=isolate, default_grace=2))
@@ -83,10 +81,7 @@ def make_manager() -> Iterator[Any]:
         managers.append(manager)
         return manager
 
-    yield make
-    for manager in managers:
-        if manager._store is not None:
-            pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
+    return make
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ import psutil
 import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
 from twisted.python.failure import Failure
@@ -135,9 +134,8 @@ def helper() -> None:
 
 
 @pytest.fixture
-def make_manager(tmp_path: Path) -> Iterator[Any]:
+def make_manager(tmp_path: Path, managers: list[JobManager]) -> Any:
     """Managers whose jobs are isolated as asked, all shut down at the end."""
-    managers: list[JobManager] = []
 
     def make(**isolation: Any) -> JobManager:
         launcher = IsolatingLauncher(isolate=True, **isolation)
@@ -150,9 +148,7 @@ def make_manager(tmp_path: Path) -> Iterator[Any]:
         managers.append(m)
         return m
 
-    yield make
-    for m in managers:
-        pytest_twisted.blockon(Deferred.fromCoroutine(m.shutdown()))
+    return make
 
 
 @pytest.fixture
