@@ -52,9 +52,9 @@ def prepare_data_directory(path: Path) -> None:
     directory found looser was made by an older version: its jobs are
     tightened too, once. Raises ``UnsafeDataDirectory``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _refuse_foreign_symlink(path)
     _refuse_unsafe_ancestors(Path(os.path.realpath(path)))
+    path.parent.mkdir(parents=True, exist_ok=True)  # ours: nothing to check
+    _refuse_foreign_symlink(path)
     if not _make_directory(path):
         info = os.stat(path)
         if not stat.S_ISDIR(info.st_mode):
@@ -164,10 +164,14 @@ def _refuse_foreign_symlink(path: Path) -> None:
 
 
 def _refuse_unsafe_ancestors(real_path: Path) -> None:
-    """Every directory above ``real_path``: root's or ours, and not writable
-    by others unless sticky (where no one may move what is ours)."""
+    """Every directory above ``real_path`` that exists: root's or ours, and
+    not writable by others unless sticky (where no one may move what is
+    ours)."""
     for ancestor in real_path.parents:
-        info = os.stat(ancestor)
+        try:
+            info = os.stat(ancestor)
+        except FileNotFoundError:
+            continue  # to be made by us
         mode = stat.S_IMODE(info.st_mode)
         if info.st_uid not in (0, os.geteuid()):
             raise UnsafeDataDirectory(
@@ -199,10 +203,12 @@ def _tighten_jobs(jobs: Path) -> None:
     if not os.path.lexists(jobs):
         return
     count = int(_tighten_directory(jobs, say=False))
-    for job in os.scandir(jobs):
-        count += _tighten_directory(Path(job.path), say=False)
-        for entry in os.scandir(job.path):
-            count += _tighten_file(Path(entry.path), create=False, say=False)
+    with os.scandir(jobs) as each_job:
+        for job in each_job:
+            count += _tighten_directory(Path(job.path), say=False)
+            with os.scandir(job.path) as files:
+                for entry in files:
+                    count += _tighten_file(Path(entry.path), False, say=False)
     if count:
         log.warn(
             "{jobs}: {count} more directories and files were open to other users:"

@@ -206,8 +206,8 @@ def test_data_directory_under_a_directory_others_may_write_is_refused(
     shared.mkdir()
     shared.chmod(0o777)
     with pytest.raises(UnsafeDataDirectory, match="above the data directory, is"):
-        make_manager(shared / "data")
-    assert os.listdir(shared) == []
+        make_manager(shared / "deeper" / "data")
+    assert os.listdir(shared) == []  # nothing made there
 
 
 def test_data_directory_under_a_sticky_directory_is_used(
