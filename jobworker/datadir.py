@@ -8,11 +8,14 @@ server's user. What the server owns and finds looser (an older version made
 ``data/`` 0755) is tightened, with a log line; what another user owns, or
 others may write, is refused: anyone could have put anything there.
 
-Below the data directory nothing is opened through a symlink
-(``O_NOFOLLOW``). The data directory itself may be one, made by root or the
-server's user; above it, every directory must be theirs too, and writable
-by others only if sticky (``/tmp``): otherwise another user could move the
-data directory aside and put their own in its place.
+The path to the data directory is walked once, at start-up, one name at a
+time: every directory on the way must be root's or the server's user's, and
+writable by others only if sticky (``/tmp``, where no one may move what is
+not theirs), and every symlink on the way root's or the server's user's;
+otherwise another user could swap a piece of the path for their own, and
+root would write job output where they chose. What is missing is made on
+the way. From then on the server uses the real path the walk found, with
+no symlink in it, and opens nothing under it through one (``O_NOFOLLOW``).
 
 Layout: ``jobworker.sqlite3`` (with ``-wal`` and ``-shm``), and ``jobs/``
 with a directory of files per job.
@@ -45,26 +48,26 @@ class UnsafeDataDirectory(Exception):
     """The data directory, or something in it, is not the server's alone."""
 
 
-def prepare_data_directory(path: Path) -> None:
+def prepare_data_directory(path: Path) -> Path:
     """
     Make the data directory ``path`` (and its parents, and ``jobs/`` in it)
     if missing, 0700; or check the one there and tighten it. A data
     directory found looser was made by an older version: its jobs are
-    tightened too, once. Raises ``UnsafeDataDirectory``.
+    tightened too, once. Returns its real path, which is the one to use.
+    Raises ``UnsafeDataDirectory``.
     """
-    _refuse_unsafe_ancestors(Path(os.path.realpath(path)))
-    path.parent.mkdir(parents=True, exist_ok=True)  # ours: nothing to check
-    _refuse_foreign_symlink(path)
-    if not _make_directory(path):
-        info = os.stat(path)
+    real, made = _walk(path)
+    if not made:
+        info = os.stat(real)
         if not stat.S_ISDIR(info.st_mode):
             raise UnsafeDataDirectory(f"data directory {path} is not a directory")
         _refuse_unless_ours(path, info, "data directory")
         if info.st_mode & SHARED_BITS:
-            _refuse_unless_a_data_directory(path)
-            _tighten(path, info, say=True)
-            _tighten_jobs(path / JOBS)
-    private_directory(path / JOBS)
+            _refuse_unless_a_data_directory(real)
+            _tighten(real, info, say=True)
+            _tighten_jobs(real / JOBS)
+    private_directory(real / JOBS)
+    return real
 
 
 def private_directory(path: Path) -> None:
@@ -81,10 +84,10 @@ def private_file(path: Path, create: bool = True) -> None:
     _tighten_file(path, create, say=True)
 
 
-def _make_directory(path: Path) -> bool:
-    """Make ``path`` 0700; False if something is there already."""
+def _make_directory(path: Path, mode: int = PRIVATE_DIRECTORY) -> bool:
+    """Make ``path`` (0700); False if something is there already."""
     try:
-        os.mkdir(path, PRIVATE_DIRECTORY)  # the umask can only take bits away
+        os.mkdir(path, mode)  # the umask can only take bits away
     except FileExistsError:
         return False
     return True
@@ -151,38 +154,75 @@ def _tighten(
     return True
 
 
-def _refuse_foreign_symlink(path: Path) -> None:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(info.st_mode) and info.st_uid not in (0, os.geteuid()):
+# More symlinks than this on one path is a loop (as the kernel's limit).
+MAX_SYMLINKS = 40
+
+
+def _walk(path: Path) -> tuple[Path, bool]:
+    """
+    Resolve ``path`` a name at a time, checking each directory looked into
+    and each symlink followed, and making each missing directory (0755 on
+    the way, the last 0700). The real path, and whether its last directory
+    was made now (by us: nothing more to check).
+    """
+    pending = list(Path(os.getcwd(), path).parts[1:])
+    real = Path("/")
+    followed = 0
+    made = False
+    while pending:
+        name = pending.pop(0)
+        if name == "..":
+            real = real.parent
+            continue
+        _refuse_unsafe_directory(real, path)
+        candidate = real / name
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            last = not pending
+            made = _make_directory(candidate, PRIVATE_DIRECTORY if last else 0o755)
+            pending.insert(0, name)  # look again: made by us, or by another
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            followed += 1
+            _refuse_symlink(candidate, info, followed, path)
+            target = Path(os.readlink(candidate))
+            if target.is_absolute():
+                real = Path("/")
+            pending[:0] = target.parts[1:] if target.is_absolute() else target.parts
+            continue
+        real = candidate
+    return real, made
+
+
+def _refuse_symlink(link: Path, info: os.stat_result, count: int, path: Path) -> None:
+    """A symlink on the way to the data directory: root's or ours."""
+    if info.st_uid not in (0, os.geteuid()):
         raise UnsafeDataDirectory(
-            f"data directory {path} is a symlink made by uid {info.st_uid}:"
-            " refusing to use it"
+            f"{link}, on the way to the data directory {path}, is a symlink made"
+            f" by uid {info.st_uid}: refusing to follow it"
+        )
+    if count > MAX_SYMLINKS:
+        raise UnsafeDataDirectory(
+            f"too many symlinks on the way to the data directory {path}"
         )
 
 
-def _refuse_unsafe_ancestors(real_path: Path) -> None:
-    """Every directory above ``real_path`` that exists: root's or ours, and
-    not writable by others unless sticky (where no one may move what is
-    ours)."""
-    for ancestor in real_path.parents:
-        try:
-            info = os.stat(ancestor)
-        except FileNotFoundError:
-            continue  # to be made by us
-        mode = stat.S_IMODE(info.st_mode)
-        if info.st_uid not in (0, os.geteuid()):
-            raise UnsafeDataDirectory(
-                f"{ancestor}, above the data directory, is owned by uid"
-                f" {info.st_uid}: refusing to use a data directory there"
-            )
-        if mode & WRITABLE_BY_OTHERS and not mode & stat.S_ISVTX:
-            raise UnsafeDataDirectory(
-                f"{ancestor}, above the data directory, is writable by others"
-                f" (mode {mode:04o}): refusing to use a data directory there"
-            )
+def _refuse_unsafe_directory(directory: Path, path: Path) -> None:
+    """A directory on the way to the data directory: root's or ours, and
+    writable by others only if sticky (no one may move what is ours)."""
+    info = os.stat(directory)
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in (0, os.geteuid()):
+        raise UnsafeDataDirectory(
+            f"{directory}, on the way to the data directory {path}, is owned by"
+            f" uid {info.st_uid}: refusing to use a data directory there"
+        )
+    if mode & WRITABLE_BY_OTHERS and not mode & stat.S_ISVTX:
+        raise UnsafeDataDirectory(
+            f"{directory}, on the way to the data directory {path}, is writable"
+            f" by others (mode {mode:04o}): refusing to use a data directory there"
+        )
 
 
 def _refuse_unless_a_data_directory(path: Path) -> None:

@@ -171,8 +171,9 @@ class JobManager(Service):
                 "isolating jobs in namespaces needs root; run as root, or turn"
                 " isolation off (development only)"
             )
-        # Private to the server: records hold jobs' environments.
-        prepare_data_directory(self.data_dir)
+        # Private to the server: records hold jobs' environments. From here
+        # on, its real path: no piece of it can be swapped any more.
+        self.data_dir = prepare_data_directory(self.data_dir)
         if self._launcher is None:
             self._launcher = HelperLauncher(self._reactor)
         self._store = JobStore(self.data_dir / DATABASE)

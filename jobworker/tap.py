@@ -164,8 +164,7 @@ def build_service(options: Options) -> IService:
         )
     # Checked here, not only when the manager opens it, so that an unsafe
     # one is a line on stderr rather than a traceback.
-    data_dir = Path(options["data-dir"])
-    prepare_data_directory(data_dir)
+    data_dir = prepare_data_directory(Path(options["data-dir"]))
     manager = JobManager(
         _reactor(),
         data_dir,

@@ -24,8 +24,9 @@ For a release, run longer and with fresh examples::
 operation for schemathesis); ``JOBWORKER_FUZZ_SEED`` is a number, or
 ``random`` for new examples each run (a failure prints how to reproduce it).
 
-Jobs started by fuzzing are harmless: the PATH the server gives them is an
-empty directory, so a bare command name never resolves; they run isolated as
+Jobs started by fuzzing are harmless: the PATH the server gives a job that
+sets none is an empty directory, so a bare command name resolves only on a
+PATH the fuzzer itself sent (rare); they run isolated as
 ``nobody`` where the tests run as root; at most a few run at once; the data
 directory is temporary; and every job is stopped at the end.
 """

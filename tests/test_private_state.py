@@ -205,7 +205,7 @@ def test_data_directory_under_a_directory_others_may_write_is_refused(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(UnsafeDataDirectory, match="above the data directory, is"):
+    with pytest.raises(UnsafeDataDirectory, match="is writable by others"):
         make_manager(shared / "deeper" / "data")
     assert os.listdir(shared) == []  # nothing made there
 
@@ -297,6 +297,65 @@ def test_data_directory_symlink_of_another_user_is_refused(
     with pytest.raises(UnsafeDataDirectory, match="is a symlink made by uid 65534"):
         make_manager(link)
     assert (mode(target), os.listdir(target)) == (0o755, ["conf"])
+
+
+@pytest.fixture
+def sticky(tmp_path: Path) -> Path:
+    """A directory every user may write in, sticky: as /tmp."""
+    shared = tmp_path / "sticky"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return shared
+
+
+@pytest.mark.root
+def test_symlink_of_another_user_on_the_way_is_refused(
+    make_manager: Any, sticky: Path, tmp_path: Path
+) -> None:
+    """A symlink another user made, part-way along the data directory's path
+    (a job waiting in /tmp, to swap it later for a path of its own), is
+    refused, and nothing is made through it."""
+    target = tmp_path / "target"
+    target.mkdir()
+    link = sticky / "link"
+    link.symlink_to(target)
+    os.chown(link, NOBODY, NOBODY, follow_symlinks=False)
+    with pytest.raises(UnsafeDataDirectory, match=f"{link}, on the way to"):
+        make_manager(link / "data")
+    assert os.listdir(target) == []
+
+
+@pytest.mark.root
+def test_symlink_of_another_user_in_a_chain_is_refused(
+    make_manager: Any, sticky: Path, tmp_path: Path
+) -> None:
+    """Our own symlink pointing at another user's is refused all the same."""
+    target = tmp_path / "target"
+    target.mkdir()
+    theirs = sticky / "theirs"
+    theirs.symlink_to(target)
+    os.chown(theirs, NOBODY, NOBODY, follow_symlinks=False)
+    ours = tmp_path / "ours"
+    ours.symlink_to(theirs)
+    with pytest.raises(UnsafeDataDirectory, match=f"{theirs}, on the way to"):
+        make_manager(ours)
+    assert (mode(target), os.listdir(target)) == (0o755, [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_uses_the_real_path(make_manager: Any, tmp_path: Path) -> None:
+    """Through our own symlink, the manager keeps the real path: a later
+    change of the symlink does not move where job output goes."""
+    real = tmp_path / "real"
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    manager = make_manager(link / "data")
+    assert manager.data_dir == real / "data"
+    link.unlink()
+    link.symlink_to(tmp_path / "elsewhere")
+    await run(manager, "echo out")
+    (job,) = manager.list()
+    assert (real / "data" / "jobs" / job.id / "stdout").read_bytes() == b"out\n"
 
 
 @pytest.mark.root
