@@ -168,7 +168,7 @@ def _walk(path: Path) -> tuple[Path, bool]:
     pending = list(Path(os.getcwd(), path).parts[1:])
     real = Path("/")
     followed = 0
-    made = False
+    made: Path | None = None
     while pending:
         name = pending.pop(0)
         if name == "..":
@@ -179,8 +179,9 @@ def _walk(path: Path) -> tuple[Path, bool]:
         try:
             info = os.lstat(candidate)
         except FileNotFoundError:
-            last = not pending
-            made = _make_directory(candidate, PRIVATE_DIRECTORY if last else 0o755)
+            mode = 0o755 if pending else PRIVATE_DIRECTORY
+            if _make_directory(candidate, mode):
+                made = candidate
             pending.insert(0, name)  # look again: made by us, or by another
             continue
         if stat.S_ISLNK(info.st_mode):
@@ -192,7 +193,7 @@ def _walk(path: Path) -> tuple[Path, bool]:
             pending[:0] = target.parts[1:] if target.is_absolute() else target.parts
             continue
         real = candidate
-    return real, made
+    return real, real == made
 
 
 def _refuse_symlink(link: Path, info: os.stat_result, count: int, path: Path) -> None:

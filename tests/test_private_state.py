@@ -342,6 +342,21 @@ def test_symlink_of_another_user_in_a_chain_is_refused(
     assert (mode(target), os.listdir(target)) == (0o755, [])
 
 
+@pytest.mark.root
+def test_directory_made_on_the_way_vouches_for_nothing_after_it(
+    make_manager: Any, tmp_path: Path
+) -> None:
+    """A directory the walk makes, followed by '..' to another user's
+    directory, does not pass that one off as made by us."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, NOBODY, NOBODY)
+    link = tmp_path / "link"
+    link.symlink_to(f"{tmp_path}/new/../theirs")
+    with pytest.raises(UnsafeDataDirectory, match="is owned by uid 65534"):
+        make_manager(link)
+
+
 @pytest_twisted.ensureDeferred
 async def test_server_uses_the_real_path(make_manager: Any, tmp_path: Path) -> None:
     """Through our own symlink, the manager keeps the real path: a later
