@@ -76,14 +76,6 @@ def private_directory(path: Path) -> None:
         _tighten_directory(path, say=True)
 
 
-def private_file(path: Path, create: bool = True) -> None:
-    """
-    A file under the data directory: made empty and 0600 if missing (unless
-    ``create`` is false), or checked and tightened. Never through a symlink.
-    """
-    _tighten_file(path, create, say=True)
-
-
 def _make_directory(path: Path, mode: int = PRIVATE_DIRECTORY) -> bool:
     """Make ``path`` (0700); False if something is there already."""
     try:
@@ -103,8 +95,12 @@ def _tighten_directory(path: Path, say: bool) -> bool:
     return _tighten(path, info, say)
 
 
-def _tighten_file(path: Path, create: bool, say: bool) -> bool:
-    """As ``_tighten_directory``, for a file, through a descriptor."""
+def private_file(path: Path, create: bool = True, say: bool = True) -> bool:
+    """
+    A file under the data directory: made empty and 0600 if missing (unless
+    ``create`` is false), or checked and tightened, through a descriptor,
+    never through a symlink. Whether it was looser.
+    """
     # O_NONBLOCK: a FIFO planted there must not hang the open.
     flags = os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW | (os.O_CREAT if create else 0)
     try:
@@ -123,14 +119,23 @@ def _tighten_file(path: Path, create: bool, say: bool) -> bool:
         os.close(fd)
 
 
-def _refuse_unless_ours(path: Path, info: os.stat_result, what: str) -> None:
+def _refuse_unless_ours(
+    path: Path, info: os.stat_result, what: str, on_the_way: bool = False
+) -> None:
+    """
+    Refuse what another user owns or may write. On the way to the data
+    directory, root's is as good as ours, and a sticky directory may be
+    writable by all: no one may move what is ours out of it.
+    """
     mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid != os.geteuid():
+    owners = (0, os.geteuid()) if on_the_way else (os.geteuid(),)
+    if info.st_uid not in owners:
+        whose = "root or this server's user" if on_the_way else "this server's user"
         raise UnsafeDataDirectory(
-            f"{what} {path} is owned by uid {info.st_uid}, not by this server's"
-            f" user (uid {os.geteuid()}): refusing to use it"
+            f"{what} {path} is owned by uid {info.st_uid}, not by {whose}"
+            f" (uid {os.geteuid()}): refusing to use it"
         )
-    if mode & WRITABLE_BY_OTHERS:
+    if mode & WRITABLE_BY_OTHERS and not (on_the_way and mode & stat.S_ISVTX):
         raise UnsafeDataDirectory(
             f"{what} {path} is writable by others (mode {mode:04o}): refusing to use it"
         )
@@ -174,7 +179,8 @@ def _walk(path: Path) -> tuple[Path, bool]:
         if name == "..":
             real = real.parent
             continue
-        _refuse_unsafe_directory(real, path)
+        what = f"on the way to the data directory {path}, directory"
+        _refuse_unless_ours(real, os.stat(real), what, on_the_way=True)
         candidate = real / name
         try:
             info = os.lstat(candidate)
@@ -209,23 +215,6 @@ def _refuse_symlink(link: Path, info: os.stat_result, count: int, path: Path) ->
         )
 
 
-def _refuse_unsafe_directory(directory: Path, path: Path) -> None:
-    """A directory on the way to the data directory: root's or ours, and
-    writable by others only if sticky (no one may move what is ours)."""
-    info = os.stat(directory)
-    mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid not in (0, os.geteuid()):
-        raise UnsafeDataDirectory(
-            f"{directory}, on the way to the data directory {path}, is owned by"
-            f" uid {info.st_uid}: refusing to use a data directory there"
-        )
-    if mode & WRITABLE_BY_OTHERS and not mode & stat.S_ISVTX:
-        raise UnsafeDataDirectory(
-            f"{directory}, on the way to the data directory {path}, is writable"
-            f" by others (mode {mode:04o}): refusing to use a data directory there"
-        )
-
-
 def _refuse_unless_a_data_directory(path: Path) -> None:
     """A loose directory is tightened only if it is empty or ours (it holds
     the database): not /var/lib, given by mistake."""
@@ -249,7 +238,7 @@ def _tighten_jobs(jobs: Path) -> None:
             count += _tighten_directory(Path(job.path), say=False)
             with os.scandir(job.path) as files:
                 for entry in files:
-                    count += _tighten_file(Path(entry.path), False, say=False)
+                    count += private_file(Path(entry.path), False, say=False)
     if count:
         log.warn(
             "{jobs}: {count} more directories and files were open to other users:"
