@@ -26,6 +26,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as global_reactor
 
+from jobworker import launcher
 from jobworker.job import Job, JobStatus
 from jobworker.launcher import LaunchRequest, resolve_user
 from jobworker.linux.build import build, helper_path
@@ -195,6 +196,13 @@ def test_bare_name_without_path_uses_the_default() -> None:
     """A job environment without PATH finds commands in the usual places."""
     status, out = run_helper(go_ahead(), "sh", "sh", "-c", "echo found")
     assert (status, out) == ("", b"found\n")
+
+
+def test_helpers_default_path_is_the_servers() -> None:
+    """The helper's PATH for an environment without one is the server's
+    default for jobs: one default, whoever starts the helper."""
+    source = (Path(launcher.__file__).parent / "linux" / "exec.c").read_text()
+    assert f'#define DEFAULT_PATH "{launcher.DEFAULT_JOB_PATH}"' in source
 
 
 @pytest.mark.parametrize(

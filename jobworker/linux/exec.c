@@ -100,8 +100,10 @@
 #define MAX_CGROUPS 16
 /* The most the go-ahead may hold: above what the kernel lets execve take. */
 #define MAX_GO_AHEAD (8 << 20)
-/* Where a bare FILE is looked up if the job's environment has no PATH. */
-#define DEFAULT_PATH "/usr/local/bin:/usr/bin:/bin"
+/* Where a bare FILE is looked up if the job's environment has no PATH: the
+ * server's default for jobs (DEFAULT_JOB_PATH in launcher.py), which the
+ * server sends itself; this is for other callers. */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct options {
     const char *cgroup_procs[MAX_CGROUPS];
