@@ -23,12 +23,12 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from jobworker.api import Api, ApiSettings
-from jobworker.auth import Policy, PolicyError
-from jobworker.datadir import UnsafeDataDirectory, prepare_data_directory
-from jobworker.launcher import DEFAULT_JOB_PATH, UnknownUser
-from jobworker.manager import IsolationUnavailable, JobManager, Settings
-from jobworker.spec import InvalidSpec, IOLimits, Limits, parse_size
+from jobworker.auth.policy import Policy, PolicyError
+from jobworker.http.api import Api, ApiSettings
+from jobworker.jobs.datadir import UnsafeDataDirectory, prepare_data_directory
+from jobworker.jobs.service import IsolationUnavailable, JobManager, Settings
+from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size
+from jobworker.linux.launcher import DEFAULT_JOB_PATH, UnknownUser
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()

@@ -16,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from jobworker.manager import JobManager
+from jobworker.jobs.service import JobManager
 
 REQUIRE_ROOT_TESTS = os.environ.get("JOBWORKER_REQUIRE_ROOT_TESTS") == "1"
 
@@ -44,8 +44,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         skip_or_fail("needs root")
 
 
-# The cgroup v2 tests run only inside the VM that tests/test_vm.py boots (this
-# host has no v2 controllers); it runs them there, with skips made failures.
+# The cgroup v2 tests run only inside the VM that tests/integration/test_vm.py
+# boots (this host has no v2 controllers); it runs them there, with skips made
+# failures.
 collect_ignore = (
-    [] if os.environ.get("JOBWORKER_CGROUP_V2_VM") == "1" else ["test_vm_cgroup_v2.py"]
+    []
+    if os.environ.get("JOBWORKER_CGROUP_V2_VM") == "1"
+    else ["integration/test_vm_cgroup_v2.py"]
 )

@@ -37,10 +37,10 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 
-from jobworker.job import Job, job_to_row
-from jobworker.launcher import HelperLauncher, LaunchRequest
-from jobworker.manager import JobManager, Settings
-from jobworker.spec import parse_job_spec
+from jobworker.jobs.record import Job, job_to_row
+from jobworker.jobs.service import JobManager, Settings
+from jobworker.jobs.spec import parse_job_spec
+from jobworker.linux.launcher import HelperLauncher, LaunchRequest
 
 TAG = "JOBWORKER_CRASH_TAG"
 PYTHON = "/usr/bin/python3"

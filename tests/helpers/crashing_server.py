@@ -15,8 +15,8 @@ from pathlib import Path
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorProcess
 
-from jobworker.manager import JobManager
-from jobworker.spec import JobSpec
+from jobworker.jobs.service import JobManager
+from jobworker.jobs.spec import JobSpec
 
 
 async def main(reactor: IReactorProcess, data_dir: str, argv: list[str]) -> None:

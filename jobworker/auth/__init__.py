@@ -1,0 +1,3 @@
+"""
+Who may do what: identities from certificates, roles, and the policy file.
+"""

@@ -1,0 +1,104 @@
+"""
+Job records in SQLite, so that they survive the server.
+
+One table, one row per job: the searchable fields as columns, the rest as a
+JSON document. The database runs in WAL mode with ``synchronous=NORMAL``: a
+commit is a write to the log with no fsync, quick enough for the reactor
+thread, and a crash of the server process (as opposed to the machine) loses
+no committed record.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from jobworker.jobs.datadir import private_file
+from jobworker.jobs.record import Job, job_from_row, job_to_row
+from jobworker.wire import JobStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+"""
+
+
+class JobStore:
+    """Persistence of :class:`Job` records in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # 0600, and SQLite makes the -wal and -shm files with the
+        # database's mode; those an older version left are tightened.
+        private_file(path)
+        for suffix in ("-wal", "-shm"):
+            private_file(path.with_name(path.name + suffix), create=False)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def save(self, job: Job) -> None:
+        """Insert or replace ``job``'s record."""
+        # An upsert, not INSERT OR REPLACE: the row keeps its rowid, which
+        # orders jobs by creation even within one millisecond.
+        self._db.execute(
+            "INSERT INTO jobs (id, owner, status, created_at, record)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            " status = excluded.status, record = excluded.record",
+            (
+                job.id,
+                job.owner,
+                job.status.value,
+                job.created_at,
+                json.dumps(job_to_row(job), separators=(",", ":")),
+            ),
+        )
+
+    def get(self, job_id: str) -> Job | None:
+        row = self._db.execute(
+            "SELECT record FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None else job_from_row(json.loads(row[0]))
+
+    def list(
+        self, owner: str | None = None, statuses: set[JobStatus] | None = None
+    ) -> list[Job]:
+        """Jobs oldest first, optionally only ``owner``'s and in ``statuses``."""
+        clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
+        if statuses is not None:
+            marks = ",".join("?" * len(statuses))
+            clauses.append(f"status IN ({marks})")
+            params.extend(s.value for s in statuses)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT record FROM jobs{where} ORDER BY rowid", params
+        )
+        return [job_from_row(json.loads(r[0])) for r in rows]
+
+    def ids(self) -> set[str]:
+        """The id of every job on record."""
+        return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+
+    def unfinished(self) -> Iterator[Job]:
+        """Jobs whose record says they were still running."""
+        yield from self.list(statuses={JobStatus.RUNNING, JobStatus.STOPPING})
+
+    def delete(self, job_id: str) -> None:
+        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def close(self) -> None:
+        self._db.close()

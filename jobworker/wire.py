@@ -1,0 +1,75 @@
+"""
+What the client and the server share, and nothing else: the job statuses a
+record can show, the output streams, the chunk a read of output returns, the
+response headers that carry offsets, and the error codes of the JSON errors.
+
+Both sides import this module; neither imports the other's. A change here is
+a change of the HTTP API.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class JobStatus(enum.Enum):
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    STOPPED = "stopped"
+    TIMED_OUT = "timed_out"
+    FAILED_TO_START = "failed_to_start"
+    LOST = "lost"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (JobStatus.RUNNING, JobStatus.STOPPING)
+
+
+class Stream(enum.Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    COMBINED = "combined"
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes read from one stream, and where to read next."""
+
+    data: bytes
+    offset: int
+    next_offset: int
+    # The job has ended and this chunk reaches the end of its output.
+    complete: bool
+
+
+# Headers of an output response (the body is the bytes themselves).
+OFFSET_HEADER = b"Jobworker-Offset"
+NEXT_OFFSET_HEADER = b"Jobworker-Next-Offset"
+COMPLETE_HEADER = b"Jobworker-Complete"
+# Of a 416: how many bytes the stream holds.
+SIZE_HEADER = b"Jobworker-Size"
+
+
+class ErrorCode(enum.StrEnum):
+    """``error.code`` of a JSON error body ``{"error": {"code", "message"}}``.
+
+    The API's routes answer with these (``openapi.json`` lists the same); a
+    connection refused before any route (408, 431, a bare 400) has no body.
+    """
+
+    INVALID_REQUEST = "invalid_request"
+    INVALID_JSON = "invalid_json"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    BODY_TOO_LARGE = "body_too_large"
+    OFFSET_OUT_OF_RANGE = "offset_out_of_range"
+    TOO_MANY_JOBS = "too_many_jobs"
+    INTERNAL_ERROR = "internal_error"
+    SHUTTING_DOWN = "shutting_down"
+    LIMITS_UNAVAILABLE = "limits_unavailable"
+    STORAGE_FULL = "storage_full"
+    OUT_OF_RESOURCES = "out_of_resources"
