@@ -26,7 +26,8 @@ from twisted.python import usage
 from jobworker.auth.policy import Policy, PolicyError
 from jobworker.http.api import Api, ApiSettings
 from jobworker.jobs.datadir import UnsafeDataDirectory, prepare_data_directory
-from jobworker.jobs.service import IsolationUnavailable, JobManager, Settings
+from jobworker.jobs.errors import IsolationUnavailable
+from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, UnknownUser
 from jobworker.tls import TLSConfigError, server_tls_options

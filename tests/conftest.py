@@ -35,7 +35,7 @@ def managers() -> Iterator[list[JobManager]]:
     opened: list[JobManager] = []
     yield opened
     for manager in opened:
-        if manager._store is not None:
+        if manager._records is not None:
             pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))
 
 

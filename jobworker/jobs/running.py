@@ -1,35 +1,85 @@
 """
 One running job: its process, its output, its timers and its record.
 
-``JobProcessProtocol`` is thin: it forwards bytes and the end of the process.
-``RunningJob`` owns the rest: the state transitions (each persisted before it
-is acted on), the timeout and grace timers, stopping, and the one place where
-the job is finished, guarded against finishing twice.
+``RunningJob`` owns all of a job's life after its first record is written:
+the state transitions of the record (each persisted before it is acted on),
+the phase of the process (spawning, launching, running, finished; one table
+says which may follow which), the timeout and grace timers, stopping, and
+the one place where the job is finished, guarded against finishing twice.
+The process protocol (``jobworker.jobs.protocol``) only forwards events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import signal
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jobworker.jobs.diskspace import DiskSpace
+from jobworker.jobs.errors import OUT_OF_DESCRIPTORS, OutOfDescriptors
+from jobworker.jobs.observer import Observer
 from jobworker.jobs.output import OutputLog
+from jobworker.jobs.protocol import JobProcessProtocol
 from jobworker.jobs.record import Job, Usage, utc_now
-from jobworker.linux.launcher import STATUS_FD, LaunchRequest, describe_launch_error
+from jobworker.linux.launcher import (
+    Launcher,
+    LaunchRequest,
+    describe_launch_error,
+    describe_os_error,
+)
+from jobworker.linux.proc import process_start_time
 from jobworker.wire import JobStatus, Stream
 
-STREAM_OF_FD = {1: Stream.STDOUT, 2: Stream.STDERR}
-T = TypeVar("T")
+
+class Phase(enum.Enum):
+    """Where a job's process is; its record's status says what users see."""
+
+    SPAWNING = "spawning"  # built; its process is not spawned yet
+    LAUNCHING = "launching"  # the helper runs; the command is not exec'd yet
+    LAUNCH_FAILED = "launch_failed"  # the helper could not run the command
+    RUNNING = "running"  # the command was exec'd
+    FINISHED = "finished"  # the record is final
+
+
+# Which phase may follow which. A spawn that fails finishes the job at once;
+# a helper that ends without a word (killed by a stop before the exec) has
+# ended the job all the same.
+PHASES: dict[Phase, frozenset[Phase]] = {
+    Phase.SPAWNING: frozenset({Phase.LAUNCHING, Phase.FINISHED}),
+    Phase.LAUNCHING: frozenset({Phase.RUNNING, Phase.LAUNCH_FAILED, Phase.FINISHED}),
+    Phase.LAUNCH_FAILED: frozenset({Phase.FINISHED}),
+    Phase.RUNNING: frozenset({Phase.FINISHED}),
+    Phase.FINISHED: frozenset(),
+}
+
+
+class IllegalPhase(Exception):
+    """A job's process was moved to a phase that cannot follow its own."""
+
+
+@dataclass(frozen=True)
+class JobBounds:
+    """What the server allows every job: output, and how long a stop waits."""
+
+    output_limit: int
+    default_grace: float
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the job's end will be recorded, once its process is gone."""
+
+    status: JobStatus = JobStatus.EXITED
+    error: str | None = None
 
 
 class Killer(Protocol):
@@ -72,61 +122,8 @@ class ProcessGroupKiller:
         self._leader_alive = False
 
 
-class JobProcessProtocol(ProcessProtocol):
-    """Forward a job process's events to its :class:`RunningJob`."""
-
-    def __init__(self, job: RunningJob) -> None:
-        self._job = job
-        self._status = b""
-        # The command's end as an isolated job's init reported it.
-        self._reported_end: Failure | None = None
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self._job.spawned(self.transport)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        stream = STREAM_OF_FD.get(childFD)
-        if stream is not None:
-            self._job.output_received(stream, data)
-        elif childFD == STATUS_FD:
-            self._status += data
-            *lines, self._status = self._status.split(b"\n")
-            for line in lines:
-                self._status_line(line.decode("utf-8", "replace"))
-
-    def _status_line(self, line: str) -> None:
-        # An isolated job's helper stays as its init, whose own exit status
-        # is not the command's: the command's comes as "exit N"/"signal N".
-        word, _, number = line.partition(" ")
-        ended: Exception | None = None
-        if word == "exit" and number.isdigit():
-            code = int(number)
-            ended = (
-                ProcessDone(0)  # type: ignore[no-untyped-call]
-                if code == 0
-                else ProcessTerminated(exitCode=code)  # type: ignore[no-untyped-call]
-            )
-        elif word == "signal" and number.isdigit():
-            ended = ProcessTerminated(signal=int(number))  # type: ignore[no-untyped-call]
-        if ended is None:
-            self._job.launch_report(line)
-        else:
-            self._reported_end = Failure(ended)  # type: ignore[no-untyped-call]
-
-    def childConnectionLost(self, childFD: int) -> None:
-        if childFD == STATUS_FD:
-            self._job.launch_confirmed()
-
-    def processExited(self, reason: Failure) -> None:
-        self._job.process_exited()
-
-    def processEnded(self, reason: Failure) -> None:
-        self._job.process_ended(self._reported_end or reason)
-
-
 class RunningJob:
-    """The live side of a job, from spawn to its final record."""
+    """The live side of a job, from its spawn to its final record."""
 
     log = Logger()
 
@@ -134,32 +131,32 @@ class RunningJob:
         self,
         record: Job,
         output: OutputLog,
-        reactor: IReactorTime,
+        clock: IReactorTime,
         save: Callable[[Job], None],
-        output_limit: int,
-        default_grace: float,
-        make_killer: Callable[[int], Killer] | None = None,
+        bounds: JobBounds,
+        request: LaunchRequest,
+        confinement: Confined | None = None,
         space: DiskSpace | None = None,
+        make_killer: Callable[[int], Killer] | None = None,
     ) -> None:
         self.record = record
         self.output = output
-        self._reactor = reactor
+        self.request = request
+        self._clock = clock
         self._save = save
-        self._output_limit = output_limit
-        self._default_grace = default_grace
-        self.transport: IProcessTransport | None = None
-        self.request: LaunchRequest | None = None
-        self._launch_error: str | None = None
-        self._launched = False
-        self._ending_status = JobStatus.EXITED
-        self._ending_error: str | None = None
-        self._timers: list[IDelayedCall] = []
-        self._make_killer = make_killer or ProcessGroupKiller
-        self._killer: Killer | None = None
+        self._bounds = bounds
         self._space = space
+        self._confinement = confinement
+        if confinement is not None:
+            # Reach the job's processes through its cgroup, not their PIDs.
+            make_killer = lambda pid: confinement  # noqa: E731
+        self._make_killer = make_killer or ProcessGroupKiller
+        self.phase = Phase.SPAWNING
+        self._launch_error: str | None = None
+        self._ending = Ending()
         self._output_cut = False
-        self._confinement: Confined | None = None
-        self._finished = False
+        self._killer: Killer | None = None
+        self._timers: list[IDelayedCall] = []
         # The record once the command runs or could not be run; at the end.
         self.started: Observer[Job] = Observer()
         self.ended: Observer[Job] = Observer()
@@ -168,6 +165,11 @@ class RunningJob:
     def id(self) -> str:
         return self.record.id
 
+    def _enter(self, phase: Phase) -> None:
+        if phase not in PHASES[self.phase]:
+            raise IllegalPhase(f"job {self.id}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+
     def _set(self, **changes: Any) -> None:
         """Change the record and persist it before anything acts on it."""
         self.record = self.record.evolve(**changes)
@@ -175,10 +177,22 @@ class RunningJob:
 
     # Launch
 
-    def confine(self, confinement: Confined) -> None:
-        """Reach the job's processes through its cgroup, not its PIDs."""
-        self._confinement = confinement
-        self._make_killer = lambda pid: confinement
+    def launch(self, launcher: Launcher) -> None:
+        """
+        Spawn the job's process through the helper. A spawn the OS refuses
+        fails the job's start, except for a lack of descriptors: the server
+        is busy then, not the job wrong, and ``OutOfDescriptors`` tells the
+        caller to undo the job (its cgroup is already gone).
+        """
+        try:
+            launcher.launch(JobProcessProtocol(self), self.request)
+        except OSError as e:
+            if e.errno in OUT_OF_DESCRIPTORS:
+                if self._confinement is not None:
+                    self._confinement.finish()  # removes the unused cgroup
+                raise OutOfDescriptors(e.errno, e.strerror) from e
+            command = self.record.spec.command
+            self.fail_to_start(describe_os_error("spawn", command, e.errno or 0))
 
     def spawned(self, transport: IProcessTransport) -> None:
         """
@@ -186,39 +200,33 @@ class RunningJob:
         process that ends at once Twisted may report its end before
         spawnProcess even returns, so this cannot wait for that.
         """
-        self.transport = transport
+        self._enter(Phase.LAUNCHING)
         assert transport.pid is not None
         self._killer = self._make_killer(transport.pid)
         self._set(pid=transport.pid, pid_start_time=process_start_time(transport.pid))
+        if self.record.spec.timeout is not None:
+            self._timers.append(
+                self._clock.callLater(self.record.spec.timeout, self._time_out)
+            )
         # Only now that the record names the process may it go on (see the
         # go-ahead in exec.c): a crash of the server before this line leaves
         # a helper that exits at end of file, not a job no one can find.
         # The go-ahead carries the job's environment; then stdin closes:
         # jobs get no input, it reads as end of file.
-        assert self.request is not None
         transport.writeToChild(0, self.request.go_ahead)
         transport.closeStdin()
-
-    def attach(self) -> None:
-        """spawnProcess returned: arm the timeout, unless it is all over."""
-        if self._finished:
-            return
-        if self.record.spec.timeout is not None:
-            self._timers.append(
-                self._reactor.callLater(self.record.spec.timeout, self._time_out)
-            )
 
     def launch_report(self, line: str) -> None:
         if line == "running":  # an isolated job's init exec'd the command
             self.launch_confirmed()
-        elif line.startswith("error ") and not self._launched:
-            assert self.request is not None
+        elif line.startswith("error ") and self.phase is Phase.LAUNCHING:
             self._launch_error = describe_launch_error(line, self.request)
+            self._enter(Phase.LAUNCH_FAILED)
 
     def launch_confirmed(self) -> None:
         """The status pipe closed: the command was exec'd, unless it said not."""
-        if self._launch_error is None and not self._launched:
-            self._launched = True
+        if self.phase is Phase.LAUNCHING:
+            self._enter(Phase.RUNNING)
             self._set(started_at=utc_now())
             self.started.fire(self.record)
 
@@ -233,12 +241,13 @@ class RunningJob:
         # Once some output was dropped, all that follows is: what is kept must
         # be exactly the start of what the job wrote, never a piece after a
         # gap (were the disk to have room again while the job is stopping).
-        if self._finished or self._output_cut:
+        if self.phase is Phase.FINISHED or self._output_cut:
             return
-        room = self._output_limit - self.output.total
+        room = self._bounds.output_limit - self.output.total
         if len(data) > room:
             data = data[: max(room, 0)]
-            self._cut_output(f"output limit of {self._output_limit} bytes reached")
+            limit = self._bounds.output_limit
+            self._cut_output(f"output limit of {limit} bytes reached")
         if self._space is not None:
             granted = self._space.claim(len(data))
             if granted < len(data):
@@ -269,15 +278,15 @@ class RunningJob:
         """SIGTERM every process of the job; SIGKILL what is left after grace."""
         if self.record.status is not JobStatus.RUNNING:
             return
-        self._ending_status = status
+        self._ending = Ending(status, self._ending.error)
         self._set(status=JobStatus.STOPPING)
         self.signal(signal.SIGTERM)
-        grace = self._default_grace if grace is None else grace
-        self._timers.append(self._reactor.callLater(grace, self.kill))
+        grace = self._bounds.default_grace if grace is None else grace
+        self._timers.append(self._clock.callLater(grace, self.kill))
 
     def _stop_for(self, error: str, grace: float) -> None:
-        if self._ending_error is None:
-            self._ending_error = error
+        if self._ending.error is None:
+            self._ending = Ending(self._ending.status, error)
         self.stop(grace)
 
     def _time_out(self) -> None:
@@ -312,9 +321,9 @@ class RunningJob:
         self._finish(exit_code, signal_number)
 
     def _finish(self, exit_code: int | None, signal_number: int | None) -> None:
-        if self._finished:
+        if self.phase is Phase.FINISHED:
             return
-        self._finished = True
+        self._enter(Phase.FINISHED)
         for timer in self._timers:
             if timer.active():
                 timer.cancel()
@@ -327,10 +336,10 @@ class RunningJob:
             ending.update(status=JobStatus.FAILED_TO_START, error=self._launch_error)
         else:
             ending.update(
-                status=self._ending_status,
+                status=self._ending.status,
                 exit_code=None if signal_number is not None else exit_code,
                 signal=signal_number,
-                error=self._ending_error,
+                error=self._ending.error,
             )
         self._set(ended_at=utc_now(), **ending)
         self.log.info(
@@ -342,47 +351,3 @@ class RunningJob:
         )
         self.ended.fire(self.record)
         self.started.fire(self.record)
-
-
-class Observer(Generic[T]):
-    """
-    A result that many may wait for. Each waiter gets its own Deferred, so
-    one that is cancelled (its client went away) affects no other.
-    """
-
-    def __init__(self) -> None:
-        self._result: T | None = None
-        self._fired = False
-        self._waiters: list[Deferred[T]] = []
-
-    def fire(self, result: T) -> None:
-        """Fire once; later calls are ignored."""
-        if self._fired:
-            return
-        self._fired, self._result = True, result
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(result)
-
-    def when_fired(self) -> Deferred[T]:
-        if self._fired:
-            return succeed(cast(T, self._result))
-
-        def forget(d: Deferred[T]) -> None:
-            self._waiters.remove(d)
-
-        waiter: Deferred[T] = Deferred(forget)
-        self._waiters.append(waiter)
-        return waiter
-
-
-def process_start_time(pid: int) -> int | None:
-    """A process's start time in clock ticks since boot (``/proc/PID/stat``)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[19])

@@ -34,11 +34,13 @@ from twisted.web.iweb import IRequest
 from jobworker.auth.policy import Identity, Policy
 from jobworker.http.api import Api
 from jobworker.jobs.diskspace import DiskSpace
+from jobworker.jobs.errors import StorageFull
 from jobworker.jobs.output import OutputLog
 from jobworker.jobs.record import Job
-from jobworker.jobs.running import RunningJob
-from jobworker.jobs.service import JobManager, Settings, StorageFull
+from jobworker.jobs.running import JobBounds, RunningJob
+from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import JobSpec, parse_job_spec
+from jobworker.linux.launcher import LaunchRequest
 from jobworker.wire import JobStatus, Stream
 
 reactor: Any = global_reactor
@@ -190,7 +192,11 @@ def running_job(directory: Path, space: DiskSpace | None = None) -> RunningJob:
         created_at="2026-11-22T10:00:00.000Z",
     )
     log = OutputLog.create(directory, Clock())
-    return RunningJob(record, log, Clock(), lambda job: None, MiB, 10.0, space=space)
+    request = LaunchRequest("/bin/cat", ("cat",))
+    bounds = JobBounds(output_limit=MiB, default_grace=10.0)
+    return RunningJob(
+        record, log, Clock(), lambda job: None, bounds, request, space=space
+    )
 
 
 def test_no_output_kept_after_a_gap_for_want_of_room(tmp_path: Path) -> None:
@@ -206,7 +212,7 @@ def test_no_output_kept_after_a_gap_for_want_of_room(tmp_path: Path) -> None:
     job.output_received(Stream.STDOUT, b"c" * 10)
     assert (job.record.status, job.output.total) == (JobStatus.STOPPING, 1000)
     assert job.output.read(Stream.STDOUT, 0, MiB).data == b"a" * 1000
-    assert job._ending_error == (
+    assert job._ending.error == (
         "writing output failed: no space left on the data directory's disk"
         " (the last 10240 bytes are kept for job records)"
     )
@@ -229,7 +235,7 @@ def test_no_output_kept_after_a_failed_write(
     job.output_received(Stream.STDOUT, b"lost ")
     job.output_received(Stream.STDOUT, b"later")
     assert job.output.read(Stream.COMBINED, 0, MiB).data == b"first "
-    assert (job.record.status, job._ending_error) == (
+    assert (job.record.status, job._ending.error) == (
         JobStatus.STOPPING,
         "writing output failed: No space left on device",
     )

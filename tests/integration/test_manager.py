@@ -17,15 +17,14 @@ import pytest_twisted
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, DeferredList
 
-from jobworker.jobs.output import OffsetOutOfRange
-from jobworker.jobs.service import (
+from jobworker.jobs.errors import (
     JobConflict,
-    JobManager,
     JobNotFound,
     OutOfDescriptors,
-    Settings,
     TooManyJobs,
 )
+from jobworker.jobs.output import OffsetOutOfRange
+from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import InvalidSpec, JobSpec, Limits, parse_job_spec
 from jobworker.wire import JobStatus, Stream
 

@@ -29,8 +29,8 @@ from twisted.internet.error import ProcessTerminated
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
 from twisted.python.failure import Failure
 
+from jobworker.jobs.protocol import JobProcessProtocol
 from jobworker.jobs.record import Job
-from jobworker.jobs.running import JobProcessProtocol
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import JobSpec, parse_job_spec
 from jobworker.linux.build import build

@@ -50,16 +50,16 @@ from jobworker.http.api import (
     parse_grace,
 )
 from jobworker.jobs.confinement import LimitsUnavailable
-from jobworker.jobs.output import OffsetOutOfRange, OutputLog
-from jobworker.jobs.record import Job, Usage
-from jobworker.jobs.service import (
+from jobworker.jobs.errors import (
     JobConflict,
     JobNotFound,
-    Settings,
     ShuttingDown,
     StorageFull,
     TooManyJobs,
 )
+from jobworker.jobs.output import OffsetOutOfRange, OutputLog
+from jobworker.jobs.record import Job, Usage
+from jobworker.jobs.service import Settings
 from jobworker.jobs.spec import (
     InvalidSpec,
     IOLimits,

@@ -13,8 +13,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from jobworker.jobs.output import OutputLog
+from jobworker.jobs.protocol import JobProcessProtocol
 from jobworker.jobs.record import Job
-from jobworker.jobs.running import JobProcessProtocol, RunningJob
+from jobworker.jobs.running import JobBounds, Phase, RunningJob
 from jobworker.jobs.spec import JobSpec
 from jobworker.linux.launcher import LaunchRequest
 from jobworker.wire import JobStatus, Stream
@@ -72,12 +73,11 @@ class RunningJobTests(SynchronousTestCase):
             self.output,
             self.clock,
             self.saved.append,
-            output_limit=output_limit,
-            default_grace=10.0,
+            JobBounds(output_limit=output_limit, default_grace=10.0),
+            LaunchRequest(
+                "/bin/sleep", ("sleep", "1000"), env={"A": "1", "B": "x=y"}, cwd="/x"
+            ),
             make_killer=lambda pid: FakeKiller(self),
-        )
-        job.request = LaunchRequest(
-            "/bin/sleep", ("sleep", "1000"), env={"A": "1", "B": "x=y"}, cwd="/x"
         )
         self.protocol = JobProcessProtocol(job)
         transport = FakeTransport(self.saved)
@@ -86,7 +86,7 @@ class RunningJobTests(SynchronousTestCase):
         # names the process; then EOF.
         go_ahead = b"A=1\0B=x=y\0\0"
         assert (transport.stdin, transport.stdin_closed) == ([(go_ahead, 4242)], True)
-        job.attach()
+        assert job.phase is Phase.LAUNCHING
         return job
 
     def end(self, exit_code: int | None = 0, sig: int | None = None) -> None:
