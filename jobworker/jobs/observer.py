@@ -1,5 +1,6 @@
 """
-A result many may wait for: a job's start, a job's end.
+Waiting: for a result many may wait for (a job's start, a job's end), and
+for anything with a deadline.
 
 Each waiter gets a Deferred of its own, so one that is cancelled (its client
 went away) affects no other.
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 T = TypeVar("T")
 
@@ -44,3 +46,29 @@ class Observer(Generic[T]):
         waiter: Deferred[T] = Deferred(forget)
         self._waiters.append(waiter)
         return waiter
+
+
+async def with_deadline(
+    waiting: Deferred[None], seconds: float, clock: IReactorTime
+) -> None:
+    """
+    Wait for ``waiting`` at most ``seconds``; a timeout is not an error. A
+    cancel from outside (the reader went away) still raises ``CancelledError``:
+    there is then nobody to answer.
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        waiting.cancel()
+
+    deadline = clock.callLater(seconds, expire)
+    try:
+        await waiting
+    except CancelledError:
+        if not expired:
+            raise
+    finally:
+        if deadline.active():
+            deadline.cancel()

@@ -17,12 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from twisted.application.service import Service
-from twisted.internet.defer import (
-    CancelledError,
-    Deferred,
-    DeferredList,
-    succeed,
-)
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.logger import Logger
 
@@ -41,6 +36,7 @@ from jobworker.jobs.errors import (
     TooManyJobs,
 )
 from jobworker.jobs.launching import LaunchPlanner
+from jobworker.jobs.observer import with_deadline
 from jobworker.jobs.output import OutputLog
 from jobworker.jobs.record import Job, new_job_id, utc_now
 from jobworker.jobs.records import Records
@@ -370,29 +366,3 @@ class JobManager(Service):
         if self._records is not None:
             self._records.close()
             self._records = None
-
-
-async def with_deadline(
-    waiting: Deferred[None], seconds: float, clock: IReactorTime
-) -> None:
-    """
-    Wait for ``waiting`` at most ``seconds``; a timeout is not an error. A
-    cancel from outside (the reader went away) still raises ``CancelledError``:
-    there is then nobody to answer.
-    """
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        waiting.cancel()
-
-    deadline = clock.callLater(seconds, expire)
-    try:
-        await waiting
-    except CancelledError:
-        if not expired:
-            raise
-    finally:
-        if deadline.active():
-            deadline.cancel()

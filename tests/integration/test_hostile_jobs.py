@@ -30,8 +30,9 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from jobworker.jobs.observer import with_deadline
 from jobworker.jobs.record import Job
-from jobworker.jobs.service import JobManager, Settings, with_deadline
+from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import JobSpec, parse_job_spec
 from jobworker.wire import JobStatus, Stream
 
