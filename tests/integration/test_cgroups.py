@@ -30,13 +30,13 @@ from jobworker.linux.cgroups import (
     CgroupError,
     CgroupLimits,
     CgroupUnavailable,
+    CgroupUsage,
     CgroupV1Driver,
     CgroupV1Job,
     CgroupV2Driver,
     CgroupV2Job,
     JobCgroup,
     Mount,
-    Usage,
     cpu_max,
     default_io_devices,
     detect,
@@ -44,6 +44,7 @@ from jobworker.linux.cgroups import (
     parse_proc_cgroup,
     whole_disk,
 )
+from jobworker.linux.cgroups.members import kill_frozen, signal_members
 from tests.conftest import skip_or_fail
 
 MiB = 1 << 20
@@ -392,7 +393,7 @@ def test_v2_create_and_remove(v2: CgroupV2Driver, v2_own: Path) -> None:
 
 
 def test_v2_usage(v2: CgroupV2Driver) -> None:
-    """Usage sums io.stat over devices and sees a group OOM kill."""
+    """CgroupUsage sums io.stat over devices and sees a group OOM kill."""
     job = v2.open("j1")
     write_files(
         job.path,
@@ -405,7 +406,7 @@ def test_v2_usage(v2: CgroupV2Driver) -> None:
             "oom_group_kill 1\n",
         },
     )
-    assert job.usage() == Usage(1.5, 9502720, 4196, 30, True)
+    assert job.usage() == CgroupUsage(1.5, 9502720, 4196, 30, True)
 
 
 def test_v2_usage_old_kernel(v2: CgroupV2Driver) -> None:
@@ -419,7 +420,7 @@ def test_v2_usage_old_kernel(v2: CgroupV2Driver) -> None:
             "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
         },
     )
-    assert job.usage() == Usage(0.00002, None, 0, 0, False)
+    assert job.usage() == CgroupUsage(0.00002, None, 0, 0, False)
 
 
 def test_v2_kill_and_emptiness(v2: CgroupV2Driver) -> None:
@@ -526,7 +527,7 @@ def test_v1_limits_without_swap_accounting(v1: CgroupV1Driver) -> None:
 
 
 def test_v1_usage(v1: CgroupV1Driver) -> None:
-    """Usage reads cpuacct, the memory high-water mark, blkio bytes, OOM kills."""
+    """CgroupUsage reads cpuacct, the memory high-water mark, blkio bytes, OOM kills."""
     job = v1.open("j1")
     v1_job_files(
         job,
@@ -539,7 +540,7 @@ def test_v1_usage(v1: CgroupV1Driver) -> None:
             "8:0 Total 4608\n8:16 Read 1\n8:16 Write 2\nTotal 4611\n",
         },
     )
-    assert job.usage() == Usage(2.5, 33554432, 4097, 514, True)
+    assert job.usage() == CgroupUsage(2.5, 33554432, 4097, 514, True)
 
 
 def test_v1_kill_all_freezes(v1: CgroupV1Driver) -> None:
@@ -601,7 +602,7 @@ def test_kill_frozen_checks_the_freezer(
         return set()
 
     is_frozen = iter(states).__next__
-    assert cgroups._kill_frozen(freezes.append, is_frozen, list_pids) is sure
+    assert kill_frozen(freezes.append, is_frozen, list_pids) is sure
     assert (len(listings), freezes) == (passes, [True, False])
 
 
@@ -613,7 +614,7 @@ def test_kill_frozen_thaws_on_error() -> None:
         raise CgroupError("read cgroup.procs: gone")
 
     with pytest.raises(CgroupError):
-        cgroups._kill_frozen(freezes.append, lambda: False, list_pids)
+        kill_frozen(freezes.append, lambda: False, list_pids)
     assert freezes == [True, False]
 
 
@@ -705,8 +706,8 @@ class KillCounter:
     def is_empty(self) -> bool:
         return self.members == 0
 
-    def usage(self) -> Usage:
-        return Usage(0.0, None, 0, 0, False)
+    def usage(self) -> CgroupUsage:
+        return CgroupUsage(0.0, None, 0, 0, False)
 
     def remove(self) -> bool:
         return self.members == 0
@@ -815,7 +816,7 @@ def test_signal_only_listed_processes() -> None:
         return calls[-1]
 
     try:
-        assert cgroups._signal_members(listed, signal.SIGTERM) == 1
+        assert signal_members(listed, signal.SIGTERM) == 1
         assert stays.wait(5) == -signal.SIGTERM
         assert leaves.poll() is None
     finally:
