@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobworker.linux.launcher import NETWORK_MODES
+
 MAX_ARGS = 4096
 MAX_ARG_LENGTH = 128 * 1024
 MAX_ENV = 1024
@@ -20,7 +22,6 @@ MAX_TOTAL_LENGTH = 1024 * 1024
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-NETWORK_MODES = ("none", "host")
 
 
 class InvalidSpec(ValueError):

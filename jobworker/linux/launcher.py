@@ -42,11 +42,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
-from jobworker.jobs.spec import NETWORK_MODES
 from jobworker.linux.build import helper_path
 from jobworker.linux.pidns import new_pid_namespace
 
 STATUS_FD = 3
+# The helper's --network options for an isolated job: "none" is a network
+# namespace of its own with only loopback, "host" keeps the host's network.
+NETWORK_MODES = ("none", "host")
 # The whole environment the root helper runs with: nothing, whatever the job
 # asked for (its variables are data in the go-ahead) or the server has.
 HELPER_ENVIRONMENT: dict[str, str] = {}
