@@ -36,8 +36,6 @@ GUEST_ENV = {
 }
 # One boot: ~3-6 s to userspace, then the tests; TCG on a loaded host is slow.
 TIMEOUT = 170.0
-# pytest-timeout's per-test bound must cover the VM's boot in the fixture.
-pytestmark = [pytest.mark.root, pytest.mark.timeout(TIMEOUT + 20)]
 
 
 class VMWarning(UserWarning):
@@ -71,6 +69,17 @@ def guest_run() -> run_in_vm.VMResult:
     )
 
 
+def test_guest_tests_exist() -> None:
+    """Every file the guest is to run is there: a test file moved or renamed
+    must be named here anew, or the VM would run nothing of it."""
+    paths = [arg for arg in GUEST_TESTS if arg.endswith(".py")]
+    missing = [p for p in paths if not (run_in_vm.CHECKOUT / p).is_file()]
+    assert paths and missing == []
+
+
+@pytest.mark.root
+# pytest-timeout's per-test bound must cover the VM's boot in the fixture.
+@pytest.mark.timeout(TIMEOUT + 20)
 def test_cgroup_v2_tests_pass_in_the_vm(guest_run: run_in_vm.VMResult) -> None:
     print(
         f"VM: tests started {guest_run.started:.1f} s after boot, ended at "

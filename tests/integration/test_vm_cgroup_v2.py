@@ -1,7 +1,7 @@
 """
 cgroup v2 limits, enforced by a real kernel: run inside the test VM only.
 
-``tests/test_vm.py`` boots a VM whose only cgroup hierarchy is cgroup2 with
+``tests/integration/test_vm.py`` boots a VM whose only cgroup hierarchy is cgroup2 with
 cpu, io, memory and pids enabled at the root, and runs this file there as root
 with ``JOBWORKER_CGROUP_V2_VM=1`` (where a skip counts as a failure). On any
 other machine the whole module is skipped: the host's kernel gives no such
@@ -27,7 +27,7 @@ from jobworker.linux import cgroups
 IN_VM = os.environ.get("JOBWORKER_CGROUP_V2_VM") == "1"
 if not IN_VM:
     pytest.skip(
-        "runs inside the cgroup v2 VM, through tests/test_vm.py",
+        "runs inside the cgroup v2 VM, through tests/integration/test_vm.py",
         allow_module_level=True,
     )
 pytestmark = pytest.mark.root
