@@ -6,6 +6,9 @@ without root. A test module uses its fixtures (``v2_own``, ``v2``, ``v1``) by
 naming this module as a plugin::
 
     pytest_plugins = ["tests.fake_cgroupfs"]
+
+(PYTEST_DONT_REWRITE: those modules import it before pytest loads it as a
+plugin, too late for pytest to rewrite its asserts, which are plain checks.)
 """
 
 from __future__ import annotations
