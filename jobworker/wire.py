@@ -1,7 +1,9 @@
 """
 What the client and the server share, and nothing else: the job statuses a
 record can show, the output streams, the chunk a read of output returns, the
-response headers that carry offsets, and the error codes of the JSON errors.
+response headers that carry offsets, the error codes of the JSON errors, and
+the grammar of a job request's sizes and environment variable names, with
+the error that names a field breaking it.
 
 Both sides import this module; neither imports the other's. A change here is
 a change of the HTTP API.
@@ -10,6 +12,7 @@ a change of the HTTP API.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -73,3 +76,37 @@ class ErrorCode(enum.StrEnum):
     LIMITS_UNAVAILABLE = "limits_unavailable"
     STORAGE_FULL = "storage_full"
     OUT_OF_RESOURCES = "out_of_resources"
+
+
+# A job request's grammar, which the client checks before sending.
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SIZE_PATTERN = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class InvalidSpec(ValueError):
+    """A job request is malformed; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def parse_size(value: object, name: str) -> int:
+    """A byte count: an integer, or a string such as ``"256M"`` or ``"1.5G"``."""
+    if isinstance(value, bool):
+        raise InvalidSpec(name, 'must be a size such as 268435456 or "256M"')
+    if isinstance(value, int):
+        if value <= 0:
+            raise InvalidSpec(name, "must be positive")
+        return value
+    if isinstance(value, str):
+        match = SIZE_PATTERN.match(value.strip())
+        if match:
+            number = float(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+            if number >= 1:
+                return int(number)
+            raise InvalidSpec(name, "must be at least one byte")
+    raise InvalidSpec(name, 'must be a size such as 268435456 or "256M"')

@@ -8,29 +8,22 @@ touches the system: whether the command exists is the launcher's business.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobworker.linux.launcher import NETWORK_MODES
 
+# Shared with the client; imported by name from here by the server's modules.
+from jobworker.wire import ENV_NAME as ENV_NAME
+from jobworker.wire import SIZE_UNITS as SIZE_UNITS
+from jobworker.wire import InvalidSpec as InvalidSpec
+from jobworker.wire import parse_size as parse_size
+
 MAX_ARGS = 4096
 MAX_ARG_LENGTH = 128 * 1024
 MAX_ENV = 1024
 MAX_TOTAL_LENGTH = 1024 * 1024
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-class InvalidSpec(ValueError):
-    """A job request is malformed; ``field`` names where."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -128,24 +121,6 @@ class JobSpec:
             "limits": self.limits.to_json(),
             "isolation": self.isolation.to_json(),
         }
-
-
-def parse_size(value: object, name: str) -> int:
-    """A byte count: an integer, or a string such as ``"256M"`` or ``"1.5G"``."""
-    if isinstance(value, bool):
-        raise InvalidSpec(name, 'must be a size such as 268435456 or "256M"')
-    if isinstance(value, int):
-        if value <= 0:
-            raise InvalidSpec(name, "must be positive")
-        return value
-    if isinstance(value, str):
-        match = SIZE.match(value.strip())
-        if match:
-            number = float(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
-            if number >= 1:
-                return int(number)
-            raise InvalidSpec(name, "must be at least one byte")
-    raise InvalidSpec(name, 'must be a size such as 268435456 or "256M"')
 
 
 def parse_job_spec(request: object) -> JobSpec:
