@@ -193,7 +193,22 @@ def peer_common_name(transport: object) -> str | None:
     peer = tls.getPeerCertificate()
     if not isinstance(peer, crypto.X509):
         return None
-    names = peer.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return _common_name(peer.to_cryptography())
+
+
+def certificate_common_name(path: StrPath, what: str = "certificate") -> str | None:
+    """
+    The subject CN of the first certificate in the PEM file ``path``: the
+    identity a server takes its holder for. None if it has not exactly one.
+
+    Raises ``TLSConfigError`` naming the file (as ``what``) when it cannot
+    be read or holds no PEM certificate.
+    """
+    return _common_name(_load_certificates(path, what)[0])
+
+
+def _common_name(certificate: x509.Certificate) -> str | None:
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     # Two CNs would make the identity ambiguous: deny rather than pick one.
     if len(names) != 1:
         return None
