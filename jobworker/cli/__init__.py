@@ -75,12 +75,12 @@ from twisted.python.failure import Failure
 
 from jobworker.client import (
     DEFAULT_SERVER,
-    ApiError,
+    AccessDenied,
     BadRequest,
     CertificateRejected,
     Conflict,
     ConnectionFailed,
-    Forbidden,
+    ErrorResponse,
     JobRecord,
     JobworkerClient,
     NotFound,
@@ -406,7 +406,7 @@ async def for_each(
     for item in items:
         try:
             codes.append(await action(item))
-        except ApiError as e:
+        except ErrorResponse as e:
             code, message = explain(e, "")
             run.console.error(message or str(e))
             codes.append(code)
@@ -647,7 +647,7 @@ def explain(error: BaseException, server: str) -> tuple[int, str | None]:
             f"{where}{error} (is --cert signed by the server's client CA, "
             "and still valid?)"
         )
-    if isinstance(error, Forbidden):
+    if isinstance(error, AccessDenied):
         return Exit.FORBIDDEN, f"permission denied: {error.message}"
     if isinstance(error, NotFound):
         return Exit.NOT_FOUND, error.message
@@ -655,7 +655,7 @@ def explain(error: BaseException, server: str) -> tuple[int, str | None]:
         return Exit.CONFLICT, error.message
     if isinstance(error, BadRequest):
         return Exit.USAGE, f"invalid request: {error.message}"
-    if isinstance(error, ApiError):
+    if isinstance(error, ErrorResponse):
         return Exit.SERVER_ERROR, (
             f"server error {error.status} ({error.code}): {error.message}"
         )

@@ -38,17 +38,17 @@ from jobworker.cli import (
     parse,
 )
 from jobworker.client import (
-    ApiError,
+    AccessDenied,
     BadRequest,
     CertificateRejected,
     Conflict,
     ConnectionFailed,
-    Forbidden,
+    ErrorResponse,
     JobRecord,
     JobworkerClient,
     NotFound,
+    ServerBusy,
     ServerNotTrusted,
-    TooManyJobs,
     Unavailable,
 )
 from jobworker.pki import make_ca, make_client_cert
@@ -626,12 +626,12 @@ def test_output_json_is_chunk_events() -> None:
         (ConnectionFailed("connection refused"), Exit.CONNECTION),
         (ServerNotTrusted("certificate verify failed"), Exit.SERVER_NOT_TRUSTED),
         (CertificateRejected("alert unknown ca"), Exit.CERTIFICATE_REJECTED),
-        (Forbidden(403, "forbidden", "bob may not start jobs"), Exit.FORBIDDEN),
+        (AccessDenied(403, "forbidden", "bob may not start jobs"), Exit.FORBIDDEN),
         (NotFound(404, "not_found", "no job x"), Exit.NOT_FOUND),
         (Conflict(409, "conflict", "job x has already ended"), Exit.CONFLICT),
-        (TooManyJobs(429, "too_many_jobs", "busy"), Exit.SERVER_ERROR),
+        (ServerBusy(429, "too_many_jobs", "busy"), Exit.SERVER_ERROR),
         (Unavailable(503, "shutting_down", "bye"), Exit.SERVER_ERROR),
-        (ApiError(500, "internal_error", "oops"), Exit.SERVER_ERROR),
+        (ErrorResponse(500, "internal_error", "oops"), Exit.SERVER_ERROR),
         (CancelledError(), Exit.INTERRUPTED),
         (BrokenPipeError(), Exit.BROKEN_PIPE),
         (ZeroDivisionError("boom"), Exit.UNEXPECTED),
@@ -661,7 +661,7 @@ def test_exit_codes_are_documented() -> None:
             f"no job {ID}",
         ),
         (
-            Forbidden(403, "forbidden", "bob may not read"),
+            AccessDenied(403, "forbidden", "bob may not read"),
             Exit.FORBIDDEN,
             "permission denied: bob may not read",
         ),
@@ -678,7 +678,7 @@ def test_exit_codes_are_documented() -> None:
             "(is --ca the CA that signed the server's certificate?)",
         ),
         (
-            ApiError(500, "internal_error", "oops"),
+            ErrorResponse(500, "internal_error", "oops"),
             Exit.SERVER_ERROR,
             "server error 500 (internal_error): oops",
         ),
@@ -888,7 +888,7 @@ def test_failure_to_stop_after_ctrl_c_is_reported() -> None:
     for error, lines in [
         (Conflict(409, "conflict", "ended"), []),
         (
-            Forbidden(403, "forbidden", "no"),
+            AccessDenied(403, "forbidden", "no"),
             ["jobworker-client: could not stop the job: permission denied: no"],
         ),
     ]:

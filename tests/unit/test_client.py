@@ -31,17 +31,17 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from jobworker.client import (
     RETRY_DELAYS,
-    ApiError,
+    AccessDenied,
     BadRequest,
     CertificateRejected,
     Conflict,
     ConnectionFailed,
-    Forbidden,
+    ErrorResponse,
     JobRecord,
     JobworkerClient,
     NotFound,
+    ServerBusy,
     ServerNotTrusted,
-    TooManyJobs,
     Unavailable,
     connection_error,
 )
@@ -311,23 +311,23 @@ class RequestTests(ClientTestCase):
 
 class ErrorTests(ClientTestCase):
     def test_each_status_maps_to_its_error(self) -> None:
-        """Each error status becomes its ApiError subclass with code and message."""
-        cases: list[tuple[int, type[ApiError]]] = [
+        """Each error status becomes its ErrorResponse kind with code and message."""
+        cases: list[tuple[int, type[ErrorResponse]]] = [
             (400, BadRequest),
-            (403, Forbidden),
+            (403, AccessDenied),
             (404, NotFound),
             (409, Conflict),
             (413, BadRequest),
             (416, BadRequest),
-            (429, TooManyJobs),
+            (429, ServerBusy),
             (503, Unavailable),
-            (500, ApiError),
-            (405, ApiError),
+            (500, ErrorResponse),
+            (405, ErrorResponse),
         ]
         for status, kind in cases:
             body = {"error": {"code": f"code_{status}", "message": f"said {status}"}}
             self.route("GET", f"/v1/jobs/{JOB_ID}", answer(status, body))
-            error = self.error(self.client.status(JOB_ID), ApiError)
+            error = self.error(self.client.status(JOB_ID), ErrorResponse)
             assert type(error) is kind, status
             assert (error.status, error.code, error.message) == (
                 status,
@@ -338,16 +338,16 @@ class ErrorTests(ClientTestCase):
     def test_error_without_json_keeps_the_status(self) -> None:
         """An error answer that is not our JSON (a proxy's page) is still typed."""
         self.route("GET", f"/v1/jobs/{JOB_ID}", answer(502, b"<html>bad gateway"))
-        error = self.error(self.client.status(JOB_ID), ApiError)
+        error = self.error(self.client.status(JOB_ID), ErrorResponse)
         assert (error.status, error.code) == (502, "http_502")
 
     def test_success_that_is_not_json_is_an_api_error(self) -> None:
         """A 200 whose body is not a job record is reported, not a crash."""
         self.route("GET", f"/v1/jobs/{JOB_ID}", answer(200, b"hello"))
-        error = self.error(self.client.status(JOB_ID), ApiError)
+        error = self.error(self.client.status(JOB_ID), ErrorResponse)
         assert error.code == "unexpected_response"
         self.route("GET", f"/v1/jobs/{JOB_ID}", answer(200, {"id": 1}))
-        error = self.error(self.client.status(JOB_ID), ApiError)
+        error = self.error(self.client.status(JOB_ID), ErrorResponse)
         assert error.code == "unexpected_response"
 
     def test_connection_failures_are_translated(self) -> None:
@@ -659,8 +659,8 @@ class WaitTests(ClientTestCase):
 
 
 def test_record_from_json_rejects_other_shapes() -> None:
-    """A body that is not a record raises ApiError, not KeyError."""
-    with pytest.raises(ApiError):
+    """A body that is not a record raises ErrorResponse, not KeyError."""
+    with pytest.raises(ErrorResponse):
         JobRecord.from_json({"jobs": []})
 
 
