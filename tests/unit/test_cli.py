@@ -24,19 +24,10 @@ from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
-from jobworker.cli import (
-    Connection,
-    Console,
-    Exit,
-    Interrupt,
-    UsageError,
-    connection_from,
-    dispatch,
-    explain,
-    job_exit_code,
-    main,
-    parse,
-)
+from jobworker.cli import dispatch, main, parse
+from jobworker.cli.connection import Connection, connection_from
+from jobworker.cli.console import Console, Interrupt
+from jobworker.cli.exits import Exit, UsageError, explain, job_exit_code
 from jobworker.client import (
     AccessDenied,
     BadRequest,
