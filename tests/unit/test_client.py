@@ -1,33 +1,30 @@
 """
 The client library: each call's request and the mapping of its answer, every
 error, follow's resumption, and wait. In memory, against a fake resource tree
-(StubTreq) and a fake clock; the last tests speak real TLS to a real port.
+(StubTreq) and a fake clock; tests/integration/test_client_tls.py speaks real
+TLS to a real port.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-import pytest_twisted
 from OpenSSL import SSL
 from service_identity import VerificationError
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import error as net
-from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from jobworker.client import (
     RETRY_DELAYS,
@@ -45,14 +42,9 @@ from jobworker.client import (
     Unavailable,
     connection_error,
 )
-from jobworker.tls import server_tls_options
 from jobworker.wire import OutputChunk
-from tests.pki_fixtures import DevPKI, Pair
-
-pytest_plugins = ["tests.pki_fixtures"]
 
 T = TypeVar("T")
-reactor: Any = global_reactor
 BASE = "https://jobworker.test"
 JOB_ID = "8f0c1e0e2b7a4c55b0b1d6a1c3e9f7aa"
 
@@ -662,81 +654,3 @@ def test_record_from_json_rejects_other_shapes() -> None:
     """A body that is not a record raises ErrorResponse, not KeyError."""
     with pytest.raises(ErrorResponse):
         JobRecord.from_json({"jobs": []})
-
-
-# Real TLS: how certificate problems surface.
-
-
-class Health(Resource):
-    isLeaf = True
-
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        return b'{"status": "ok", "running_jobs": 0, "followers": 0}'
-
-
-@pytest.fixture
-def tls_server(dev_pki: DevPKI) -> Iterator[Callable[[Pair | None], int]]:
-    ports: list[IListeningPort] = []
-
-    def listen(pair: Pair | None = None) -> int:
-        pair = pair or dev_pki.server
-        options = server_tls_options(pair.cert, pair.key, dev_pki.ca)
-        port = reactor.listenSSL(0, Site(Health()), options, interface="127.0.0.1")
-        ports.append(port)
-        return int(port.getHost().port)
-
-    yield listen
-    for port in ports:
-        pytest_twisted.blockon(port.stopListening())
-
-
-async def health_over_tls(
-    dev_pki: DevPKI, port: int, client: Pair, ca: Path | None = None
-) -> None:
-    client_ = JobworkerClient.from_files(
-        reactor, f"https://127.0.0.1:{port}", ca or dev_pki.ca, client.cert, client.key
-    )
-    try:
-        await client_.health()
-    finally:
-        await client_.close()
-
-
-@pytest_twisted.ensureDeferred
-async def test_tls_health_with_a_good_certificate(
-    dev_pki: DevPKI, tls_server: Callable[[Pair | None], int]
-) -> None:
-    """from_files() builds a client that the server accepts."""
-    await health_over_tls(dev_pki, tls_server(None), dev_pki.client("alice"))
-
-
-@pytest.mark.parametrize("which", ["other_ca_client", "expired_client"])
-@pytest_twisted.ensureDeferred
-async def test_tls_refused_client_certificate(
-    dev_pki: DevPKI, tls_server: Callable[[Pair | None], int], which: str
-) -> None:
-    """A client certificate the server refuses is CertificateRejected."""
-    with pytest.raises(CertificateRejected, match="alert"):
-        await health_over_tls(dev_pki, tls_server(None), getattr(dev_pki, which))
-
-
-@pytest.mark.parametrize("which", ["other_ca_server", "wrong_host_server"])
-@pytest_twisted.ensureDeferred
-async def test_tls_untrusted_server(
-    dev_pki: DevPKI, tls_server: Callable[[Pair | None], int], which: str
-) -> None:
-    """A server certificate from another CA or for another host: not trusted."""
-    port = tls_server(getattr(dev_pki, which))
-    with pytest.raises(ServerNotTrusted):
-        await health_over_tls(dev_pki, port, dev_pki.client("alice"))
-
-
-@pytest_twisted.ensureDeferred
-async def test_tls_nothing_listening(dev_pki: DevPKI) -> None:
-    """A port nobody listens on is ConnectionFailed."""
-    port = reactor.listenTCP(0, Site(Health()), interface="127.0.0.1")
-    number = port.getHost().port
-    await port.stopListening()
-    with pytest.raises(ConnectionFailed, match="refused"):
-        await health_over_tls(dev_pki, number, dev_pki.client("alice"))
