@@ -36,13 +36,13 @@ if TYPE_CHECKING:
     )
     from jobworker.jobs.record import Job, Usage
     from jobworker.jobs.service import JobManager, Settings
-    from jobworker.jobs.spec import InvalidSpec, IOLimits, Isolation, JobSpec, Limits
-    from jobworker.wire import JobStatus, OutputChunk, Stream
+    from jobworker.jobs.spec import IOLimits, Isolation, JobSpec, Limits
+    from jobworker.wire import InvalidSpec, JobStatus, OutputChunk, Stream
 
 # Each public name, and the module that defines it.
 _HOMES = {
     "Api": "jobworker.http.api",
-    "InvalidSpec": "jobworker.jobs.spec",
+    "InvalidSpec": "jobworker.wire",
     "IOLimits": "jobworker.jobs.spec",
     "Isolation": "jobworker.jobs.spec",
     "IsolationUnavailable": "jobworker.jobs.errors",

@@ -69,7 +69,7 @@ def grace_value(text: str) -> float:
 
 def env_pair(text: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
-    if not equals or not ENV_NAME.match(name):
+    if not equals or not ENV_NAME.fullmatch(name):
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     return name, value
 

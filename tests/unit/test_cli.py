@@ -352,6 +352,7 @@ def test_start_several_jobs_in_order() -> None:
         (["run", "--memory", "lots", "ls"], "argument --memory: 'lots' is not a size"),
         (["run", "--pids", "1.5", "ls"], "argument --pids: '1.5' is not a number"),
         (["run", "--env", "1A=2", "ls"], "argument --env: '1A=2' is not NAME=VALUE"),
+        (["run", "--env", "A\n=2", "ls"], "argument --env: 'A\\n=2' is not NAME"),
         (["run", "--network", "bridge", "ls"], "argument --network: invalid choice"),
         (["start", "--job", "'open"], '--job "\'open": No closing quotation'),
         (["start", "--job", ""], "--job: give a command"),
