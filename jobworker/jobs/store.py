@@ -32,10 +32,15 @@ SAVE = (
 )
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be opened, or brought to the newest schema."""
+
+
 class JobStore:
     """
     Persistence of :class:`Job` records in one SQLite file. Opening raises
-    ``SchemaTooNew`` for a database a newer jobworker wrote.
+    ``SchemaTooNew`` for a database a newer jobworker wrote, and
+    ``StoreUnavailable`` for one SQLite cannot open or upgrade.
     """
 
     def __init__(self, path: Path) -> None:
@@ -52,6 +57,9 @@ class JobStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             upgrade(self._db, name=f"the job database {path}")
+        except sqlite3.Error as e:
+            self._db.close()
+            raise StoreUnavailable(f"cannot open the job database {path}: {e}") from e
         except BaseException:
             self._db.close()
             raise
