@@ -2,10 +2,10 @@
 ``twistd jobworker``: command-line options and the service they make.
 
 A start-up failure (a bad certificate, key or policy file, a missing or
-unsafe launch helper, a database from a newer version) is one clear line
-on stderr and a non-zero exit, not a traceback. SIGTERM (twistd's stop) stops listening
-first, then stops every job with its grace period, answers open long-polls
-and closes the database.
+unsafe launch helper, a database from a newer version, a port in use) is
+one clear line on stderr and a non-zero exit, not a traceback. SIGTERM
+(twistd's stop) stops listening first, then stops every job with its grace
+period, answers open long-polls and closes the database.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from twisted.application.internet import SSLServer
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -156,6 +157,7 @@ STARTUP_ERRORS = (
     SchemaTooNew,
     StoreUnavailable,
     sqlite3.Error,
+    CannotListenError,
     OSError,
 )
 
@@ -170,10 +172,16 @@ def makeService(options: Options) -> IService:
 
 class ServerService(MultiService):
     """
-    The service tree's root. The job manager opens its database when it
-    starts, after ``makeService``: what it raises there is one line and a
-    non-zero exit too (twistd would print a traceback).
+    The service tree's root. Its services start after ``makeService``: the
+    listener binds its port, the job manager opens its database. What they
+    raise then is one line and a non-zero exit too, not twistd's traceback.
     """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except STARTUP_ERRORS as e:
+            exit_saying(e)
 
     def startService(self) -> None:
         try:

@@ -1,13 +1,15 @@
 """
-Start-up failures found once the service starts (the database is opened
-then, after the options and files are checked): one line on stderr and a
-non-zero exit, from ``twistd -n jobworker`` and from ``jobworker`` alike.
+Start-up failures found once the service starts (its port is bound and
+its database opened then, after the options and files are checked): one
+line on stderr and a non-zero exit, from ``twistd -n jobworker`` and from
+``jobworker`` alike.
 A missing or unsafe launch helper is tested on an installed copy, in
 ``test_packaging``.
 """
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -58,6 +60,18 @@ def test_a_file_that_is_no_database_is_one_line(
     (data / DATABASE).chmod(0o600)
     line = one_line_failure(COMMANDS[command] + server_options(certs, data))
     assert f"cannot open the job database {data / DATABASE}" in line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_port_in_use_is_one_line(certs: Path, tmp_path: Path, command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        argv = COMMANDS[command] + server_options(certs, tmp_path / "data")
+        argv[argv.index("--port") + 1] = port
+        line = one_line_failure(argv)
+    assert f"Couldn't listen on 127.0.0.1:{port}" in line
 
 
 def test_the_command_is_twistd_jobworker(certs: Path, tmp_path: Path) -> None:
