@@ -1,10 +1,11 @@
 """
 ``twistd jobworker``: command-line options and the service they make.
 
-A bad certificate, key or policy file is one clear line on stderr and a
-non-zero exit, not a traceback. SIGTERM (twistd's stop) stops listening
-first, then stops every job with its grace period, answers open long-polls
-and closes the database.
+A start-up failure (a bad certificate, key or policy file, a missing or
+unsafe launch helper, a database from a newer version, a port in use) is
+one clear line on stderr and a non-zero exit, not a traceback. SIGTERM
+(twistd's stop) stops listening first, then stops every job with its grace
+period, answers open long-polls and closes the database.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import math
 import os
 import resource
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.internet import SSLServer
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -27,8 +30,11 @@ from jobworker.auth.policy import Policy, PolicyError
 from jobworker.http.api import Api, ApiSettings
 from jobworker.jobs.datadir import UnsafeDataDirectory, prepare_data_directory
 from jobworker.jobs.errors import IsolationUnavailable
+from jobworker.jobs.schema import SchemaTooNew
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size
+from jobworker.jobs.store import StoreUnavailable
+from jobworker.linux.build import HelperMissing, UnsafeHelper, helper_path
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, UnknownUser
 from jobworker.tls import TLSConfigError, server_tls_options
 
@@ -139,25 +145,66 @@ def default_limits(options: Options) -> Limits:
     )
 
 
+# What a bad configuration or installation raises, building the service
+# tree or starting it: each says what is wrong in one line.
+STARTUP_ERRORS = (
+    TLSConfigError,
+    PolicyError,
+    IsolationUnavailable,
+    UnknownUser,
+    UnsafeDataDirectory,
+    HelperMissing,
+    UnsafeHelper,
+    SchemaTooNew,
+    StoreUnavailable,
+    sqlite3.Error,
+    CannotListenError,
+    OSError,
+)
+
+
 def makeService(options: Options) -> IService:
     """Build the service tree, or exit with one line saying what is wrong."""
     try:
         return build_service(options)
-    except (
-        TLSConfigError,
-        PolicyError,
-        IsolationUnavailable,
-        UnknownUser,
-        UnsafeDataDirectory,
-        OSError,
-    ) as e:
-        sys.exit(f"jobworker: {e}")
+    except STARTUP_ERRORS as e:
+        exit_saying(e)
+
+
+class ServerService(MultiService):
+    """
+    The service tree's root. Its services start after ``makeService``: the
+    listener binds its port, the job manager opens its database. What they
+    raise then is one line and a non-zero exit too, not twistd's traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except STARTUP_ERRORS as e:
+            exit_saying(e)
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except STARTUP_ERRORS as e:
+            exit_saying(e)
+
+
+def exit_saying(error: Exception) -> NoReturn:
+    """One line on stderr, then exit 1. Once twistd logs, ``sys.stderr``
+    goes to the log: the line goes to the process's own stderr."""
+    print(f"jobworker: {error}", file=sys.__stderr__ or sys.stderr)
+    raise SystemExit(1)
 
 
 def build_service(options: Options) -> IService:
     isolate = not options["no-isolation"]
     tls = server_tls_options(options["cert"], options["key"], options["ca"])
     policy = load_policy(options["policy"])
+    # Every job is launched through it: refuse now one that is missing, or
+    # that a user other than root could change under a root server.
+    helper_path()
     if isolate and os.geteuid() != 0:
         raise IsolationUnavailable(
             "isolating jobs needs root: run as root, or pass --no-isolation"
@@ -199,7 +246,7 @@ def build_service(options: Options) -> IService:
             body_timeout=options["body-timeout"],
         ),
     )
-    top = MultiService()
+    top = ServerService()
     GracefulTermination(_reactor()).setServiceParent(top)
     # Children stop in reverse order: the listener goes first, so nothing new
     # arrives while the manager stops the jobs.

@@ -13,7 +13,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from jobworker.jobs.spec import JobSpec, parse_job_spec
+from jobworker.jobs.spec import JobSpec
 from jobworker.wire import JobStatus
 
 ENDINGS = frozenset(
@@ -121,35 +121,3 @@ class Job:
             "usage": None if self.usage is None else self.usage.to_json(),
             "output_bytes": output_bytes or {"stdout": 0, "stderr": 0},
         }
-
-
-def job_to_row(job: Job) -> dict[str, Any]:
-    """The fields the store keeps for a job (no output sizes: files say them)."""
-    record = job.to_json()
-    del record["output_bytes"]
-    record["spec"] = job.spec.to_json()
-    record["pid"] = job.pid
-    record["pid_start_time"] = job.pid_start_time
-    return record
-
-
-def job_from_row(record: dict[str, Any]) -> Job:
-    """Rebuild a job from what :func:`job_to_row` stored."""
-    usage = record.get("usage")
-    return Job(
-        id=record["id"],
-        owner=record["owner"],
-        spec=parse_job_spec(record["spec"]),
-        status=JobStatus(record["status"]),
-        created_at=record["created_at"],
-        run_as=record.get("run_as"),
-        started_at=record.get("started_at"),
-        ended_at=record.get("ended_at"),
-        exit_code=record.get("exit_code"),
-        signal=record.get("signal"),
-        oom_killed=bool(record.get("oom_killed")),
-        error=record.get("error"),
-        usage=None if usage is None else Usage(**usage),
-        pid=record.get("pid"),
-        pid_start_time=record.get("pid_start_time"),
-    )

@@ -37,7 +37,8 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 
-from jobworker.jobs.record import Job, job_to_row
+from jobworker.jobs.record import Job
+from jobworker.jobs.rows import job_to_row
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import parse_job_spec
 from jobworker.linux.launcher import HelperLauncher, LaunchRequest

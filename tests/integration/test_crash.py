@@ -44,7 +44,8 @@ import psutil
 import pytest
 from twisted.internet import reactor as global_reactor
 
-from jobworker.jobs.record import Job, job_to_row
+from jobworker.jobs.record import Job
+from jobworker.jobs.rows import job_to_row
 from jobworker.jobs.service import JobManager
 from jobworker.wire import JobStatus, Stream
 from tests.helpers.crash_driver import TAG, expected_output

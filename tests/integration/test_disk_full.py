@@ -13,7 +13,6 @@ there is room again. Meanwhile the server answers, refuses new jobs with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -116,15 +115,15 @@ async def assert_earlier_output_intact(manager: JobManager, job: Job) -> None:
 
 
 def stored(manager: JobManager, job_id: str) -> dict[str, Any]:
-    """The job's record as the database holds it, read by another connection."""
+    """The job's row as the database holds it, read by another connection."""
     path = manager.data_dir / "jobworker.sqlite3"
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
     try:
-        row = db.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     finally:
         db.close()
-    record: dict[str, Any] = json.loads(row[0])
-    return record
+    return dict(row)
 
 
 def fill(directory: Path) -> Path:

@@ -593,15 +593,13 @@ def test_crash_mid_job_marks_lost_and_kills(tmp_path: Path) -> None:
 
 
 def make_manager_sync_peek(data_dir: Path, job_id: str) -> dict[str, Any]:
-    """Read a job's stored record straight from SQLite, as the crash left it."""
-    import json
+    """Read a job's stored row straight from SQLite, as the crash left it."""
     import sqlite3
 
     db = sqlite3.connect(data_dir / "jobworker.sqlite3")
+    db.row_factory = sqlite3.Row
     try:
-        query = "SELECT record FROM jobs WHERE id = ?"
-        (record,) = db.execute(query, (job_id,)).fetchone()
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     finally:
         db.close()
-    result: dict[str, Any] = json.loads(record)
-    return result
+    return dict(row)

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobworker.jobs.record import (
-    TRANSITIONS,
-    IllegalTransition,
-    Job,
-    Usage,
-    job_from_row,
-    job_to_row,
-)
+from jobworker.jobs.record import TRANSITIONS, IllegalTransition, Job, Usage
+from jobworker.jobs.rows import job_from_row, job_to_row
 from jobworker.jobs.spec import JobSpec
 from jobworker.wire import JobStatus
 
