@@ -136,6 +136,19 @@ def test_the_wheel_carries_the_built_helper(installed: Installed) -> None:
     assert installed.wheel.name.endswith(f"-py3-none-{platform}.whl")
 
 
+def test_the_wheel_carries_every_module(installed: Installed) -> None:
+    """Every module and data file of the package is in the wheel: a package
+    left out of setup.cfg's list would be missing only once installed."""
+    tracked = run("git", "-C", ROOT, "ls-files", "-z", "jobworker", cwd=ROOT)
+    wanted = {
+        name
+        for name in tracked.split("\0")
+        if name.endswith((".py", ".c", ".json", ".typed"))
+    }
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        assert wanted - set(wheel.namelist()) == set()
+
+
 def test_the_install_is_the_new_environments_own(
     installed: Installed, tmp_path: Path
 ) -> None:
