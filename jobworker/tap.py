@@ -26,19 +26,21 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from jobworker.auth.policy import Policy, PolicyError
-from jobworker.http.api import Api, ApiSettings
+from jobworker.auth import Policy, PolicyError
+from jobworker.http.settings import ApiSettings
+from jobworker.http.site import Api
 from jobworker.jobs.datadir import UnsafeDataDirectory, prepare_data_directory
 from jobworker.jobs.errors import IsolationUnavailable
 from jobworker.jobs.schema import SchemaTooNew
 from jobworker.jobs.service import JobManager, Settings
-from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size
+from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size, show_size
 from jobworker.jobs.store import StoreUnavailable
 from jobworker.linux.build import HelperMissing, UnsafeHelper, helper_path
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, UnknownUser
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()
+HTTP = ApiSettings()
 
 # fmt: off
 PARAMETERS = [
@@ -53,11 +55,16 @@ PARAMETERS = [
     ["output-limit", None, "10G", "Most output per job; beyond, it is stopped."],
     ["grace", None, 10.0, "Seconds from SIGTERM to SIGKILL on stop.", float],
     ["job-path", None, DEFAULT_JOB_PATH, "PATH of a job that sets none."],
-    ["max-body", None, "1M", "Largest request body."],
-    ["idle-timeout", None, 60.0, "Close connections idle this long.", float],
-    ["handshake-timeout", None, 10.0, "Seconds to finish the TLS handshake.", float],
-    ["header-timeout", None, 20.0, "Seconds to send a request's headers.", float],
-    ["body-timeout", None, 60.0, "Seconds to send a request's body.", float],
+    # The HTTP layer's, defaulting to its settings' (jobworker.http.settings).
+    ["max-body", None, show_size(HTTP.max_body), "Largest request body."],
+    ["idle-timeout", None, HTTP.idle_timeout,
+     "Close connections idle this long.", float],
+    ["handshake-timeout", None, HTTP.handshake_timeout,
+     "Seconds to finish the TLS handshake.", float],
+    ["header-timeout", None, HTTP.header_timeout,
+     "Seconds to send a request's headers.", float],
+    ["body-timeout", None, HTTP.body_timeout,
+     "Seconds to send a request's body.", float],
 ]
 TIMEOUTS = ("idle-timeout", "handshake-timeout", "header-timeout", "body-timeout")
 # The server's default limits: each for a job that leaves that limit out.

@@ -1,4 +1,6 @@
 """
-The HTTPS API: the connection (``channel``), the resource tree and its
-routes, and the audit line every request leaves.
+The HTTPS API: the site and its resource tree (``site``), the routes
+(``job_routes``, ``output_routes``, ``meta_routes``) on one ``endpoint``
+base, the connection (``channel``), and the audit line every request leaves.
+What the routes need of the job library is ``library.JobService``.
 """

@@ -1,6 +1,6 @@
 """
 The audit log: one structured line per request, allowed or denied, in the
-``jobworker.http.audit`` namespace: who (the certificate's CN), what (the action),
+``jobworker.audit`` namespace: who (the certificate's CN), what (the action),
 on which job, the policy's answer and the status sent.
 
 Requests the connection refuses before any exists (a header deadline, too

@@ -17,8 +17,8 @@ each, none of which traffic resets:
 - body: from its last header line until its last body byte; either way the
   client is answered 408 and the connection closed;
 - stall: a response the client stops reading (the transport stays paused,
-  its buffers full) for that long; then the connection is dropped, as no
-  goodbye could get through.
+  its buffers full) for the idle timeout; then the connection is dropped,
+  as no goodbye could get through.
 
 It also answers headers over the size limits with 431 Request Header Fields
 Too Large, where Twisted answers a bare 400 or, for one line over the limit,
@@ -28,7 +28,6 @@ closes without a word.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
@@ -40,42 +39,28 @@ from zope.interface import implementer
 
 from jobworker.auth.policy import Identity
 from jobworker.http.audit import audit_refusal
+from jobworker.http.settings import ApiSettings
 from jobworker.tls import peer_common_name
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """Deadlines in seconds (None: none) and header limits of one connection."""
-
-    handshake_timeout: float | None = 10.0
-    header_timeout: float | None = 20.0
-    body_timeout: float | None = 60.0
-    # A response the client has not read from for this long is given up.
-    stall_timeout: float | None = 60.0
-    # Request line plus header lines, in bytes; and the number of headers.
-    max_header_bytes: int = 16 * 1024
-    max_headers: int = 100
-
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
 @implementer(IHandshakeListener)
 class ApiChannel(HTTPChannel):
-    """An ``HTTPChannel`` that enforces ``ConnectionLimits``."""
+    """An ``HTTPChannel`` that enforces the settings' deadlines and limits."""
 
     log = Logger()
     # The TCP (or TLS) connection: typed loosely, as Twisted hands it over.
     transport: Any
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, settings: ApiSettings) -> None:
         super().__init__()
-        self.limits = limits
-        self.totalHeadersSize = limits.max_header_bytes
+        self.settings = settings
+        self.totalHeadersSize = settings.max_header_bytes
         # Twisted's per-line limit (LineReceiver) is otherwise a separate
         # 16 KiB: one line can never be longer than all of them together.
-        self.MAX_LENGTH = limits.max_header_bytes
-        self.maxHeaders = limits.max_headers
+        self.MAX_LENGTH = settings.max_header_bytes
+        self.maxHeaders = settings.max_headers
         self._deadline: IDelayedCall | None = None
         self._deadline_kind = ""
         # Set once the client has been refused: nothing more is read.
@@ -88,7 +73,7 @@ class ApiChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         if ISSLTransport.providedBy(self.transport):
-            self._arm("handshake", self.limits.handshake_timeout)
+            self._arm("handshake", self.settings.handshake_timeout)
 
     def handshakeCompleted(self) -> None:
         self._disarm("handshake")
@@ -99,14 +84,14 @@ class ApiChannel(HTTPChannel):
         # The first byte of a request (line mode, no request in hand) starts
         # its header deadline; the bytes after it do not move it.
         if self._deadline is None and self.line_mode and not self._handlingRequest:
-            self._arm("header", self.limits.header_timeout)
+            self._arm("header", self.settings.header_timeout)
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._disarm("header")
         super().allHeadersReceived()
         if self.length != 0:
-            self._arm("body", self.limits.body_timeout)
+            self._arm("body", self.settings.body_timeout)
 
     def allContentReceived(self) -> None:
         self._disarm("body")
@@ -115,7 +100,7 @@ class ApiChannel(HTTPChannel):
     def pauseProducing(self) -> None:
         # The transport's buffers are full: the client is not reading.
         if self._deadline is None:
-            self._arm("stall", self.limits.stall_timeout)
+            self._arm("stall", self.settings.idle_timeout)
         super().pauseProducing()
 
     def resumeProducing(self) -> None:

@@ -184,16 +184,24 @@ class JobManager(Service):
 
     # Jobs
 
-    async def start(self, spec: JobSpec, owner: str, run_as: str | None = None) -> Job:
+    async def start(
+        self,
+        spec: JobSpec,
+        owner: str,
+        run_as: str | None = None,
+        ceiling: Limits | None = None,
+    ) -> Job:
         """
         Start ``spec`` for ``owner``, as the user ``run_as`` (``None``: as
         this process's user, as is every job of a server that is neither
-        isolating jobs nor root). Returns the record once the command runs
+        isolating jobs nor root). A limit ``spec`` leaves out gets the
+        server's default, within ``ceiling`` (the caller's, who has held the
+        limits ``spec`` sets to it). Returns the record once the command runs
         (``running``) or could not be run (``failed_to_start``); raises
         ``InvalidSpec`` for a malformed spec, and nothing is started then.
         """
         defaults = self.settings.default_limits
-        spec = replace(spec, limits=spec.limits.or_defaults(defaults))
+        spec = replace(spec, limits=spec.limits.or_defaults(defaults, ceiling))
         # A JobSpec built by hand is checked as a request is: a NUL byte or
         # an oversized argv would otherwise fail only in the spawn.
         spec = parse_job_spec(spec.to_json())

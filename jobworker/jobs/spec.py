@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from jobworker.linux.launcher import NETWORK_MODES
 
@@ -24,11 +24,12 @@ MAX_ARGS = 4096
 MAX_ARG_LENGTH = 128 * 1024
 MAX_ENV = 1024
 MAX_TOTAL_LENGTH = 1024 * 1024
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
 class IOLimits:
-    """Disk IO ceilings, in bytes and operations per second."""
+    """Disk IO limits, in bytes and operations per second."""
 
     read_bps: int | None = None
     write_bps: int | None = None
@@ -47,12 +48,34 @@ class IOLimits:
         return all(v is None for v in self.to_json().values())
 
 
+# Each limit by its name in a request, in the order a request is held to a
+# ceiling: the first one above it is the one a refusal names.
+LIMIT_NAMES = (
+    "io.read_bps",
+    "io.write_bps",
+    "io.read_iops",
+    "io.write_iops",
+    "cpu",
+    "memory",
+    "pids",
+)
+
+
+@dataclass(frozen=True)
+class LimitAbove:
+    """A limit above its ceiling: its name in a request, and both values."""
+
+    field: str
+    requested: float | int
+    ceiling: float | int
+
+
 @dataclass(frozen=True)
 class Limits:
     """
-    Resource ceilings of one job. In a request ``None`` means "left out": the
-    server's default applies, within the role's ceiling (see
-    ``jobworker.auth.policy.check_ceilings``); in a job's record, no limit.
+    Resource limits of one job, or the most a role's jobs may ask for (its
+    ceiling). ``None``: in a request, left out (see ``or_defaults``); in a
+    ceiling, none; in a job's record, no limit.
     """
 
     cpu: float | None = None
@@ -76,17 +99,53 @@ class Limits:
             and self.io.is_empty()
         )
 
-    def or_defaults(self, defaults: Limits) -> Limits:
-        """These limits, with ``defaults``' value for each one left out."""
-        io, default_io = self.io.to_json(), defaults.io.to_json()
+    def named(self) -> dict[str, float | int | None]:
+        """Each limit by its name in a request (``memory``, ``io.read_bps``)."""
+        io = {f"io.{name}": value for name, value in self.io.to_json().items()}
+        values = {"cpu": self.cpu, "memory": self.memory, "pids": self.pids, **io}
+        return {name: values[name] for name in LIMIT_NAMES}
+
+    def first_above(self, ceiling: Limits) -> LimitAbove | None:
+        """The first of these limits above ``ceiling``'s, if any is."""
+        ceilings = ceiling.named()
+        for name, requested in self.named().items():
+            most = ceilings[name]
+            if requested is not None and most is not None and requested > most:
+                return LimitAbove(f"limits.{name}", requested, most)
+        return None
+
+    def or_defaults(self, defaults: Limits, ceiling: Limits | None = None) -> Limits:
+        """
+        These limits, each one left out taken from ``defaults``, but never
+        above ``ceiling``'s; where there is no default, the ceiling itself, so
+        that no job escapes a ceiling by leaving a limit out. A limit set here
+        is kept as it is: holding it to the ceiling is the caller's check
+        (``first_above``), which can name it.
+        """
+        most = ceiling or Limits()
+        io, default_io, most_io = self.io, defaults.io, most.io
         return Limits(
-            cpu=defaults.cpu if self.cpu is None else self.cpu,
-            memory=defaults.memory if self.memory is None else self.memory,
-            pids=defaults.pids if self.pids is None else self.pids,
+            cpu=_or(self.cpu, defaults.cpu, most.cpu),
+            memory=_or(self.memory, defaults.memory, most.memory),
+            pids=_or(self.pids, defaults.pids, most.pids),
             io=IOLimits(
-                **{k: default_io[k] if v is None else v for k, v in io.items()}
+                read_bps=_or(io.read_bps, default_io.read_bps, most_io.read_bps),
+                write_bps=_or(io.write_bps, default_io.write_bps, most_io.write_bps),
+                read_iops=_or(io.read_iops, default_io.read_iops, most_io.read_iops),
+                write_iops=_or(
+                    io.write_iops, default_io.write_iops, most_io.write_iops
+                ),
             ),
         )
+
+
+def _or(value: N | None, default: N | None, ceiling: N | None) -> N | None:
+    """A limit as set; left out, the default capped at the ceiling, or the ceiling."""
+    if value is not None:
+        return value
+    if default is None:
+        return ceiling
+    return default if ceiling is None else min(default, ceiling)
 
 
 @dataclass(frozen=True)
@@ -121,6 +180,14 @@ class JobSpec:
             "limits": self.limits.to_json(),
             "isolation": self.isolation.to_json(),
         }
+
+
+def show_size(value: float | int) -> str:
+    """A byte count as a person writes it (``2G``) where exact, else its digits."""
+    for unit in ("T", "G", "M", "K"):
+        if value >= SIZE_UNITS[unit] and value % SIZE_UNITS[unit] == 0:
+            return f"{int(value) // SIZE_UNITS[unit]}{unit}"
+    return f"{value}"
 
 
 def parse_job_spec(request: object) -> JobSpec:

@@ -28,7 +28,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 from zope.interface import implementer
 
 from jobworker.auth.policy import Policy
-from jobworker.http.api import Api, ApiSettings
+from jobworker.http.settings import ApiSettings
+from jobworker.http.site import Api
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import Limits
 from jobworker.pki import write_dev_pki

@@ -30,7 +30,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from jobworker.auth.policy import Policy
-from jobworker.http.api import Api
+from jobworker.http.site import Api
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.tls import server_tls_options
 from tests.pki_fixtures import DevPKI, Pair

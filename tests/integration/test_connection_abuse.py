@@ -43,7 +43,8 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import implementer
 
 from jobworker.auth.policy import Policy
-from jobworker.http.api import Api, ApiSettings
+from jobworker.http.settings import ApiSettings
+from jobworker.http.site import Api
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.tap import Options, raise_open_files_limit
 from jobworker.tls import client_tls_policy, server_tls_options

@@ -31,7 +31,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.web.iweb import IRequest
 
 from jobworker.auth.policy import Identity, Policy
-from jobworker.http.api import Api
+from jobworker.http.site import Api
 from jobworker.jobs.diskspace import DiskSpace
 from jobworker.jobs.errors import StorageFull
 from jobworker.jobs.output import OutputLog

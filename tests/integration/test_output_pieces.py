@@ -22,7 +22,8 @@ from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from jobworker.auth.policy import Policy
-from jobworker.http.api import FOLLOW_CHUNK, Api
+from jobworker.http.follow import FOLLOW_CHUNK
+from jobworker.http.site import Api
 from jobworker.jobs.output import OutputLog
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import parse_job_spec

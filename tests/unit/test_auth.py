@@ -6,22 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from jobworker.auth.policy import (
+from jobworker.auth import (
     Action,
     CeilingExceeded,
-    Ceilings,
     Decision,
-    EffectiveLimits,
     Identity,
-    IOCeilings,
     PermissionDenied,
     Policy,
     PolicyError,
     Role,
     Scope,
-    check_ceilings,
+    check_job_request,
 )
-from jobworker.jobs.spec import IOLimits, Limits
+from jobworker.jobs.spec import LIMIT_NAMES, IOLimits, Isolation, JobSpec, Limits
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
 ALICE, BOB, CHARLIE, MALLORY = (
@@ -29,7 +26,6 @@ ALICE, BOB, CHARLIE, MALLORY = (
 )
 G = 1 << 30
 M = 1 << 20
-NO_IO = {"read_bps": None, "write_bps": None, "read_iops": None, "write_iops": None}
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +55,11 @@ def test_example_policy_has_the_three_roles(policy: Policy) -> None:
         name="operator",
         grants={action: Scope.OWN for action in Action},
         run_as="nobody",
-        ceilings=Ceilings(
+        ceilings=Limits(
             cpu=2.0,
             memory=2 * G,
             pids=512,
-            io=IOCeilings(
+            io=IOLimits(
                 read_bps=100 * M, write_bps=50 * M, read_iops=2000, write_iops=1000
             ),
         ),
@@ -180,7 +176,7 @@ def test_role_defaults() -> None:
         name="r",
         grants={Action.READ: Scope.OWN},
         run_as="nobody",
-        ceilings=Ceilings(),
+        ceilings=Limits(),
         allow_host_network=False,
     )
 
@@ -361,54 +357,49 @@ def test_policy_file_that_is_not_text_is_refused(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}: not UTF-8 text"
 
 
-# Ceilings.
+# Ceilings: a request is held to its role's (check_job_request), then the
+# limits it leaves out are filled in within them (Limits.or_defaults, as the
+# job library does on start).
+
+
+def job_limits(role: Role, request: Limits, defaults: Limits | None = None) -> Limits:
+    """The limits a job of ``role`` gets for ``request``: checked, then filled in."""
+    check_job_request(role, JobSpec("true", limits=request))
+    return request.or_defaults(defaults or Limits(), role.ceilings)
 
 
 def test_request_within_ceilings_keeps_its_limits(policy: Policy) -> None:
     """Limits at or under the ceilings are the job's limits."""
-    operator = policy.roles["operator"]
-    limits = check_ceilings(
-        operator,
+    request = Limits(cpu=2.0, memory=256 * M, pids=64, io=IOLimits(20 * M, None, 10))
+    assert job_limits(policy.roles["operator"], request) == Limits(
         cpu=2.0,
         memory=256 * M,
         pids=64,
-        io={"read_bps": 20 * M, "write_bps": None, "read_iops": 10, "write_iops": None},
-    )
-    assert limits == EffectiveLimits(
-        cpu=2.0,
-        memory=256 * M,
-        pids=64,
-        io={
-            "read_bps": 20 * M,
-            "write_bps": 50 * M,
-            "read_iops": 10,
-            "write_iops": 1000,
-        },
+        io=IOLimits(read_bps=20 * M, write_bps=50 * M, read_iops=10, write_iops=1000),
     )
 
 
 def test_limits_left_out_get_the_ceiling(policy: Policy) -> None:
     """Leaving a limit out cannot escape a ceiling: the job gets the ceiling."""
-    limits = check_ceilings(policy.roles["operator"])
-    assert limits == EffectiveLimits(
-        cpu=2.0,
-        memory=2 * G,
-        pids=512,
-        io={
-            "read_bps": 100 * M,
-            "write_bps": 50 * M,
-            "read_iops": 2000,
-            "write_iops": 1000,
-        },
+    operator = policy.roles["operator"]
+    assert (
+        job_limits(operator, Limits())
+        == operator.ceilings
+        == Limits(
+            cpu=2.0,
+            memory=2 * G,
+            pids=512,
+            io=IOLimits(
+                read_bps=100 * M, write_bps=50 * M, read_iops=2000, write_iops=1000
+            ),
+        )
     )
 
 
 def test_role_without_ceilings_passes_requests_through(policy: Policy) -> None:
     """No ceiling, no cap: the request's limits (or none) stand."""
     auditor = policy.roles["auditor"]
-    assert check_ceilings(auditor, memory=64 * G) == EffectiveLimits(
-        cpu=None, memory=64 * G, pids=None, io=NO_IO
-    )
+    assert job_limits(auditor, Limits(memory=64 * G)) == Limits(memory=64 * G)
 
 
 # Server defaults, for the limits a request leaves out.
@@ -419,113 +410,145 @@ def test_default_below_the_ceiling_is_the_jobs_limit(policy: Policy) -> None:
     defaults = Limits(
         cpu=0.5, memory=512 * M, pids=64, io=IOLimits(read_bps=20 * M, write_iops=100)
     )
-    limits = check_ceilings(policy.roles["operator"], defaults=defaults)
-    assert limits == EffectiveLimits(
+    assert job_limits(policy.roles["operator"], Limits(), defaults) == Limits(
         cpu=0.5,
         memory=512 * M,
         pids=64,
-        io={
-            "read_bps": 20 * M,
-            "write_bps": 50 * M,
-            "read_iops": 2000,
-            "write_iops": 100,
-        },
+        io=IOLimits(read_bps=20 * M, write_bps=50 * M, read_iops=2000, write_iops=100),
     )
 
 
 def test_default_above_the_ceiling_gives_the_ceiling(policy: Policy) -> None:
     """A server default above the role's ceiling is capped at it, not refused."""
+    operator = policy.roles["operator"]
     defaults = Limits(
         cpu=4.0, memory=8 * G, pids=10_000, io=IOLimits(read_bps=G, write_iops=5000)
     )
-    limits = check_ceilings(policy.roles["operator"], defaults=defaults)
-    assert limits == EffectiveLimits(
-        cpu=2.0,
-        memory=2 * G,
-        pids=512,
-        io={
-            "read_bps": 100 * M,
-            "write_bps": 50 * M,
-            "read_iops": 2000,
-            "write_iops": 1000,
-        },
-    )
+    assert job_limits(operator, Limits(), defaults) == operator.ceilings
 
 
 def test_no_default_gives_the_ceiling(policy: Policy) -> None:
     """A limit left out with no server default for it gets the role's ceiling."""
-    limits = check_ceilings(policy.roles["operator"], defaults=Limits(memory=512 * M))
+    limits = job_limits(policy.roles["operator"], Limits(), Limits(memory=512 * M))
     assert (limits.cpu, limits.memory, limits.pids) == (2.0, 512 * M, 512)
-    assert limits.io["read_bps"] == 100 * M
+    assert limits.io.read_bps == 100 * M
 
 
 def test_no_ceiling_and_no_default_gives_no_limit(policy: Policy) -> None:
     """Without a ceiling a limit left out gets the default, or none if none is set."""
-    limits = check_ceilings(policy.roles["auditor"], defaults=Limits(memory=512 * M))
-    assert limits == EffectiveLimits(cpu=None, memory=512 * M, pids=None, io=NO_IO)
+    limits = job_limits(policy.roles["auditor"], Limits(), Limits(memory=512 * M))
+    assert limits == Limits(memory=512 * M)
+
+
+def test_no_ceiling_given_applies_the_defaults_as_they_are() -> None:
+    """A job started without a ceiling (not through the API) gets the defaults."""
+    defaults = Limits(memory=512 * M, io=IOLimits(write_iops=5))
+    assert Limits(pids=3).or_defaults(defaults) == Limits(
+        memory=512 * M, pids=3, io=IOLimits(write_iops=5)
+    )
 
 
 def test_requested_limit_beats_the_default(policy: Policy) -> None:
     """A limit the request sets stands over the default, and the ceiling still binds."""
     operator = policy.roles["operator"]
     defaults = Limits(memory=512 * M)
-    assert check_ceilings(operator, memory=G, defaults=defaults).memory == G
-    assert check_ceilings(operator, memory=M, defaults=defaults).memory == M
+    assert job_limits(operator, Limits(memory=G), defaults).memory == G
+    assert job_limits(operator, Limits(memory=M), defaults).memory == M
     with pytest.raises(CeilingExceeded) as caught:
-        check_ceilings(operator, memory=4 * G, defaults=defaults)
+        job_limits(operator, Limits(memory=4 * G), defaults)
     assert caught.value.field == "limits.memory"
 
 
 @pytest.mark.parametrize(
     ("request_", "field", "message"),
     [
-        ({"cpu": 2.5}, "limits.cpu", "2.5 is more than this role allows (2)"),
-        ({"memory": 4 * G}, "limits.memory", "4G is more than this role allows (2G)"),
+        (Limits(cpu=2.5), "limits.cpu", "2.5 is more than this role allows (2)"),
         (
-            {"memory": 2 * G + 1},
+            Limits(memory=4 * G),
+            "limits.memory",
+            "4G is more than this role allows (2G)",
+        ),
+        (
+            Limits(memory=2 * G + 1),
             "limits.memory",
             "2147483649 is more than this role allows (2G)",
         ),
-        ({"pids": 513}, "limits.pids", "513 is more than this role allows (512)"),
+        (Limits(pids=513), "limits.pids", "513 is more than this role allows (512)"),
         (
-            {"io": {"read_bps": 200 * M}},
+            Limits(io=IOLimits(read_bps=200 * M)),
             "limits.io.read_bps",
             "200M is more than this role allows (100M)",
         ),
         (
-            {"io": {"write_iops": 1001}},
+            Limits(io=IOLimits(write_iops=1001)),
             "limits.io.write_iops",
             "1001 is more than this role allows (1000)",
         ),
     ],
 )
 def test_limit_above_a_ceiling_is_refused(
-    policy: Policy, request_: dict[str, object], field: str, message: str
+    policy: Policy, request_: Limits, field: str, message: str
 ) -> None:
     """A request above a ceiling is refused, naming the limit and both values."""
     with pytest.raises(CeilingExceeded) as caught:
-        check_ceilings(policy.roles["operator"], **request_)  # type: ignore[arg-type]
+        job_limits(policy.roles["operator"], request_)
     assert (caught.value.field, caught.value.message) == (field, message)
     assert str(caught.value) == f"{field}: {message}"
 
 
+@pytest.mark.parametrize("name", LIMIT_NAMES)
+def test_every_limit_is_held_to_its_ceiling(name: str) -> None:
+    """No limit escapes the check: each one above its ceiling is refused, named."""
+    ceiling = {n: 10 for n in LIMIT_NAMES}
+    role = Role("r", ceilings=limits_of(ceiling))
+    with pytest.raises(CeilingExceeded) as caught:
+        job_limits(role, limits_of({**ceiling, name: 11}))
+    assert caught.value.field == f"limits.{name}"
+    job_limits(role, limits_of(ceiling))
+
+
+def test_io_limits_are_named_first(policy: Policy) -> None:
+    """Several limits above their ceilings: the refusal names the io one,
+    then cpu, memory, pids, as it always has."""
+    request = Limits(cpu=9.0, memory=4 * G, io=IOLimits(write_bps=G, read_iops=9999))
+    with pytest.raises(CeilingExceeded) as caught:
+        job_limits(policy.roles["operator"], request)
+    assert caught.value.field == "limits.io.write_bps"
+    with pytest.raises(CeilingExceeded) as caught:
+        job_limits(policy.roles["operator"], Limits(cpu=9.0, memory=4 * G))
+    assert caught.value.field == "limits.cpu"
+
+
+def limits_of(values: dict[str, int]) -> Limits:
+    io = {n.removeprefix("io."): v for n, v in values.items() if n.startswith("io.")}
+    return Limits(
+        cpu=float(values["cpu"]),
+        memory=values["memory"],
+        pids=values["pids"],
+        io=IOLimits(**io),
+    )
+
+
 def test_host_network_needs_the_role_to_allow_it(policy: Policy) -> None:
     """Only a role with allow_host_network may ask for the host's network."""
+    host = JobSpec("true", isolation=Isolation(network="host"))
     with pytest.raises(PermissionDenied) as caught:
-        check_ceilings(policy.roles["operator"], network="host")
+        check_job_request(policy.roles["operator"], host)
     assert str(caught.value) == (
         "isolation.network: role operator does not allow host networking"
     )
-    limits = check_ceilings(policy.roles["admin"], network="host")
-    assert limits.memory == 16 * G
+    check_job_request(policy.roles["admin"], host)
+
+
+def test_limits_are_checked_before_the_network(policy: Policy) -> None:
+    """A request over a ceiling and for host networking is refused for the limit."""
+    spec = JobSpec(
+        "true", limits=Limits(pids=10_000), isolation=Isolation(network="host")
+    )
+    with pytest.raises(CeilingExceeded):
+        check_job_request(policy.roles["operator"], spec)
 
 
 def test_own_network_is_allowed_to_every_role(policy: Policy) -> None:
     """The default, a private network namespace, needs no permission."""
-    check_ceilings(policy.roles["auditor"], network="none")
-
-
-def test_unknown_io_limit_is_a_programming_error(policy: Policy) -> None:
-    """An io key the spec never produces is refused loudly."""
-    with pytest.raises(ValueError, match="unknown io limits: read_bytes"):
-        check_ceilings(policy.roles["operator"], io={"read_bytes": 1})
+    check_job_request(policy.roles["auditor"], JobSpec("true"))

@@ -14,11 +14,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from jobworker.http.channel import ApiChannel, ConnectionLimits
+from jobworker.http.channel import ApiChannel
+from jobworker.http.settings import ApiSettings
 
-NO_DEADLINES = ConnectionLimits(
+NO_DEADLINES = ApiSettings(
     handshake_timeout=None, header_timeout=None, body_timeout=None,
-    stall_timeout=None,
+    idle_timeout=None,
 )  # fmt: skip
 
 

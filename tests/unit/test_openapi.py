@@ -11,44 +11,40 @@ by a scenario, and the response is checked against the document.
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import json
+import pkgutil
 import re
+import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import openapi_schema_validator
 import openapi_spec_validator
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
+import jobworker.http
 from jobworker.auth.policy import (
     CeilingExceeded,
-    Ceilings,
     Decision,
     Identity,
     PermissionDenied,
     Role,
 )
-from jobworker.http import api as api_module
-from jobworker.http.api import (
-    Api,
-    ApiError,
-    ApiSettings,
-    Endpoint,
-    NotFoundEndpoint,
-    api_error,
-    parse_grace,
-)
+from jobworker.http import job_routes, meta_routes, output_routes
+from jobworker.http.endpoint import Endpoint, NotFoundEndpoint
+from jobworker.http.errors import ErrorResponse, as_error_response
+from jobworker.http.parsing import parse_grace
+from jobworker.http.settings import ApiSettings
+from jobworker.http.site import Api
 from jobworker.jobs.confinement import LimitsUnavailable
 from jobworker.jobs.errors import (
     JobConflict,
@@ -57,9 +53,8 @@ from jobworker.jobs.errors import (
     StorageFull,
     TooManyJobs,
 )
-from jobworker.jobs.output import OffsetOutOfRange, OutputLog
+from jobworker.jobs.output import OffsetOutOfRange
 from jobworker.jobs.record import Job, Usage
-from jobworker.jobs.service import Settings
 from jobworker.jobs.spec import (
     InvalidSpec,
     IOLimits,
@@ -69,7 +64,8 @@ from jobworker.jobs.spec import (
     parse_job_spec,
     parse_size,
 )
-from jobworker.wire import JobStatus, OutputChunk, Stream
+from jobworker.wire import ErrorCode, JobStatus, Stream
+from tests.fakes import FakeJobService, MemoryClient, Response
 
 DOCUMENT_BYTES = resources.files("jobworker").joinpath("openapi.json").read_bytes()
 DOCUMENT: dict[str, Any] = json.loads(DOCUMENT_BYTES)
@@ -80,6 +76,12 @@ BODY_METHODS = {"POST", "PUT", "PATCH"}
 JOB_ID = "8f0c1e0e2b7a4c55b0b1d6a1c3e9f7aa"
 OTHER_JOB_ID = "0" * 32
 MAX_BODY = 1024
+# The modules that hold the routes, and every module of the HTTP package.
+ROUTE_MODULES = (job_routes, output_routes, meta_routes)
+HTTP_MODULES = [
+    importlib.import_module(f"jobworker.http.{info.name}")
+    for info in pkgutil.iter_modules(jobworker.http.__path__)
+]
 
 # Every route, method and the statuses it can answer: what the tests below
 # check against the document, against the handlers' code, and by producing
@@ -95,7 +97,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("/v1/openapi.json", "GET"): {200, 400, 403, 405, 500},
 }
 
-# What each library error becomes (api_error), checked by test_api_error_statuses.
+# What each library error becomes (as_error_response), checked by
+# test_error_response_statuses.
 EXCEPTION_STATUS: dict[type[Exception], int] = {
     InvalidSpec: 400,
     CeilingExceeded: 403,
@@ -111,31 +114,29 @@ EXCEPTION_STATUS: dict[type[Exception], int] = {
 
 # The statuses each call a handler makes can lead to (besides the handler's
 # own literal statuses). A handler that calls something on ``self``, or a
-# name of the jobworker.http.api module, that is not listed here fails the test.
+# name of its module, that is not listed here fails the test.
 CALLS: dict[str, set[int]] = {
     "Query": {400},
     "read_json": {400, 413},
     "parse_grace": {400},
     "parse_job_spec": {400},
-    "within_ceilings": {403},
+    "check_job_request": {403},
     "send_json": set(),
     "FollowStream": set(),
     "resources.files": set(),
-    "self.api.visible_job": {403, 404},
-    "self.api.record": set(),
+    "self.visible_job": {403, 404},
     "self.api.policy.authorize": set(),
     "self.api.policy.can_see": set(),
     "self.api.policy.role_for": set(),
-    "self.api.manager.get": {404},
-    "self.api.manager.list": set(),
-    "self.api.manager.start": {429, 503},
-    "self.api.manager.stop": {404, 409},
-    "self.api.manager.purge": {404, 409},
-    "self.api.manager.output_log": {404},
-    "self.api.manager.read_output": {404, 416},
-    "self.api.manager.running_count": set(),
-    "decided": set(),
-    "audit_of": set(),
+    "self.api.jobs.get": {404},
+    "self.api.jobs.list": set(),
+    "self.api.jobs.describe": set(),
+    "self.api.jobs.start": {429, 503},
+    "self.api.jobs.stop": {404, 409},
+    "self.api.jobs.purge": {404, 409},
+    "self.api.jobs.output_log": {404},
+    "self.api.jobs.read_output": {404, 416},
+    "self.api.jobs.running_count": set(),
 }
 
 
@@ -225,7 +226,7 @@ class FakePolicy:
         return Decision(self.allowed, "as the test says")
 
     def role_for(self, identity: Identity) -> Role:
-        return Role("tester", ceilings=Ceilings(memory=1 << 30))
+        return Role("tester", ceilings=Limits(memory=1 << 30))
 
 
 def make_job(status: JobStatus = JobStatus.RUNNING) -> Job:
@@ -244,90 +245,12 @@ def make_job(status: JobStatus = JobStatus.RUNNING) -> Job:
     )
 
 
-class FakeManager:
-    """The part of JobManager the API uses: one job, whose output is "hi\\n"."""
-
-    def __init__(
-        self, job: Job, log: OutputLog, errors: dict[str, Exception], broken: bool
-    ) -> None:
-        self.job = job
-        self.log = log
-        self.errors = errors
-        self.broken = broken
-        self.settings = Settings()
-
-    def _check(self, name: str) -> None:
-        if self.broken:
-            raise RuntimeError(f"{name} is broken")
-        if name in self.errors:
-            raise self.errors[name]
-
-    def get(self, job_id: str) -> Job:
-        self._check("get")
-        if job_id != self.job.id:
-            raise JobNotFound(job_id)
-        return self.job
-
-    def list(
-        self, owner: str | None = None, statuses: set[JobStatus] | None = None
-    ) -> list[Job]:
-        self._check("list")
-        return [self.job]
-
-    def describe(self, job: Job) -> dict[str, object]:
-        return job.to_json(self.log.sizes())
-
-    async def start(self, spec: JobSpec, owner: str, run_as: str | None = None) -> Job:
-        self._check("start")
-        return make_job()
-
-    def stop(self, job_id: str, grace: float | None = None) -> Job:
-        self._check("stop")
-        job = self.get(job_id)
-        if job.status.ended:
-            raise JobConflict(f"job {job_id} has already ended")
-        return job.evolve(status=JobStatus.STOPPING)
-
-    def purge(self, job_id: str) -> None:
-        self._check("purge")
-        job = self.get(job_id)
-        if not job.status.ended:
-            raise JobConflict(f"job {job_id} is {job.status.value}: stop it first")
-
-    def output_log(self, job_id: str) -> OutputLog:
-        self._check("output_log")
-        self.get(job_id)
-        return self.log
-
-    async def read_output(
-        self,
-        job_id: str,
-        stream: Stream = Stream.COMBINED,
-        offset: int = 0,
-        limit: int = 1 << 20,
-        wait: float = 0,
-    ) -> OutputChunk:
-        self._check("read_output")
-        return self.output_log(job_id).read(stream, offset, limit)
-
-    def running_count(self) -> int:
-        self._check("running_count")
-        return 1
-
-
-def finished_log(directory: Path) -> OutputLog:
-    log = OutputLog.create(directory, Clock())
-    log.write(Stream.STDOUT, b"hi\n")
-    log.close()
-    return log
-
-
 def tree_routes(root: Resource) -> dict[str, type[Endpoint]]:
     """
     Walk the tree: every path that reaches an Endpoint, and its class.
 
     Each node is asked for its static children, for every name the document
-    uses or a ``getChild`` in jobworker.http.api compares with, and for a made-up
+    uses or a ``getChild`` in jobworker.http compares with, and for a made-up
     name; a child the made-up name also reaches is a path parameter, written
     ``{id}``.
     """
@@ -364,10 +287,11 @@ def tree_routes(root: Resource) -> dict[str, type[Endpoint]]:
 
 
 def getchild_names() -> set[bytes]:
-    """Every bytes literal in a ``getChild`` of jobworker.http.api."""
+    """Every bytes literal in a ``getChild`` of jobworker.http."""
     return {
         node.value
-        for definition in ast.walk(ast.parse(inspect.getsource(api_module)))
+        for module in HTTP_MODULES
+        for definition in ast.walk(ast.parse(inspect.getsource(module)))
         if isinstance(definition, ast.FunctionDef) and definition.name == "getChild"
         for node in ast.walk(definition)
         if isinstance(node, ast.Constant) and isinstance(node.value, bytes)
@@ -375,22 +299,32 @@ def getchild_names() -> set[bytes]:
 
 
 def make_api(
-    manager: object, policy: object, identified: bool = True, max_body: int = MAX_BODY
+    jobs: object, policy: object, identified: bool = True, max_body: int = MAX_BODY
 ) -> Api:
     def identify(request: IRequest) -> Identity | None:
         return Identity("alice") if identified else None
 
     return Api(
-        cast(Any, manager),
+        cast(Any, jobs),
         cast(Any, policy),
         ApiSettings(max_body=max_body),
         identify=identify,
     )
 
 
-def sample_api(tmp_path: Path) -> Api:
-    log = finished_log(tmp_path / "job")
-    return make_api(FakeManager(make_job(), log, {}, False), FakePolicy())
+def sample_jobs(
+    status: JobStatus = JobStatus.RUNNING, broken: bool = False
+) -> FakeJobService:
+    """One job, alice's, whose output is "hi\\n" and complete (so reads answer
+    at once, whatever its status)."""
+    jobs = FakeJobService(broken=broken)
+    jobs.add("alice", status, output=b"hi\n", job_id=JOB_ID)
+    jobs.outputs[JOB_ID].close()
+    return jobs
+
+
+def sample_api() -> Api:
+    return make_api(sample_jobs(), FakePolicy())
 
 
 def routes() -> dict[tuple[str, str], type[Endpoint]]:
@@ -411,11 +345,8 @@ def endpoint_classes() -> set[type[Endpoint]]:
             if sub not in found:
                 found.add(sub)
                 pending.append(sub)
-    return {
-        c
-        for c in found
-        if c.__module__ == api_module.__name__ and c is not NotFoundEndpoint
-    }
+    route_modules = {module.__name__ for module in ROUTE_MODULES}
+    return {c for c in found if c.__module__ in route_modules}
 
 
 # What the code says
@@ -440,11 +371,11 @@ def int_argument(call: ast.Call, index: int) -> int:
 
 
 def literal_statuses(source: str) -> set[int]:
-    """The literal statuses of every ``ApiError(...)`` in ``source``."""
+    """The literal statuses of every ``ErrorResponse(...)`` in ``source``."""
     return {
         int_argument(node, 0)
         for node in ast.walk(ast.parse(textwrap.dedent(source)))
-        if isinstance(node, ast.Call) and dotted(node.func) == "ApiError"
+        if isinstance(node, ast.Call) and dotted(node.func) == "ErrorResponse"
     }
 
 
@@ -468,6 +399,7 @@ class HandlerFacts:
 
 def handler_facts(endpoint: type[Endpoint], method: str) -> HandlerFacts:
     handler = getattr(endpoint, f"handle_{method}")
+    module = sys.modules[endpoint.__module__]
     tree = ast.parse(textwrap.dedent(inspect.getsource(handler)))
     definition = tree.body[0]
     assert isinstance(definition, ast.AsyncFunctionDef)
@@ -480,8 +412,8 @@ def handler_facts(endpoint: type[Endpoint], method: str) -> HandlerFacts:
         if name is None:
             continue
         root = name.split(".")[0]
-        target = None if root == "self" else getattr(api_module, root, None)
-        if name == "ApiError":
+        target = None if root == "self" else getattr(module, root, None)
+        if name == "ErrorResponse":
             facts.statuses.add(int_argument(node, 0))
         elif name.endswith(".setResponseCode"):
             success.add(int_argument(node, 0))
@@ -513,52 +445,11 @@ def handler_facts(endpoint: type[Endpoint], method: str) -> HandlerFacts:
 # Talking HTTP to the real site, in memory
 
 
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def dechunk(data: bytes) -> bytes:
-    body = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return body
-        body += data[:size]
-        data = data[size + 2 :]
-
-
 def http(api: Api, method: str, target: str, body: bytes = b"") -> Response:
     """One request through ``api.site()`` over an in-memory connection."""
-    site = api.site()
-    site.reactor = Clock()
-    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    assert protocol is not None
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    head = (
-        f"{method} {target} HTTP/1.1\r\nHost: jobworker\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    return MemoryClient(api.site(), Clock()).request(
+        method, target, body, identity=None
     )
-    protocol.dataReceived(head.encode() + body)
-    raw = transport.value()
-    head_bytes, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head_bytes.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if headers.get("transfer-encoding") == "chunked":
-        content = dechunk(rest)
-    else:
-        content = rest[: int(headers.get("content-length", len(rest)))]
-    return Response(int(lines[0].split(" ")[1]), headers, content)
 
 
 @dataclass(frozen=True)
@@ -651,22 +542,15 @@ def scenarios(
 
 
 def run(
-    path: str,
-    method: str,
-    scenario: Scenario,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    path: str, method: str, scenario: Scenario, monkeypatch: pytest.MonkeyPatch
 ) -> Response:
-    manager = FakeManager(
-        make_job(scenario.status),
-        finished_log(tmp_path / "job"),
-        dict(scenario.errors),
-        scenario.broken,
-    )
+    jobs = sample_jobs(scenario.status, scenario.broken)
+    for name, error in scenario.errors:
+        jobs.fail(name, error)
     policy = FakePolicy(visible=scenario.visible, allowed=scenario.allowed)
-    api = make_api(manager, policy, identified=scenario.identified)
+    api = make_api(jobs, policy, identified=scenario.identified)
     if scenario.broken:
-        monkeypatch.setattr(api_module, "resources", BrokenResources())
+        monkeypatch.setattr(meta_routes, "resources", BrokenResources())
     target = path.replace("{id}", scenario.job_id)
     if scenario.query:
         target += f"?{scenario.query}"
@@ -745,8 +629,8 @@ def test_handler_statuses_match_table() -> None:
         assert facts.statuses == EXPECTED[path, method], (path, method)
 
 
-def test_api_error_statuses() -> None:
-    """api_error maps each library error to the status EXCEPTION_STATUS says."""
+def test_error_response_statuses() -> None:
+    """as_error_response maps each library error to the status EXCEPTION_STATUS says."""
     samples: dict[type[Exception], Exception] = {
         InvalidSpec: InvalidSpec("command", "must not be empty"),
         JobNotFound: JobNotFound(JOB_ID),
@@ -754,9 +638,9 @@ def test_api_error_statuses() -> None:
     }
     for kind, status in EXCEPTION_STATUS.items():
         error = samples.get(kind) or kind.__new__(kind)
-        mapped = api_error(error)
+        mapped = as_error_response(error)
         assert mapped is not None and mapped.status == status, kind
-    source = inspect.getsource(api_error)
+    source = inspect.getsource(as_error_response)
     assert literal_statuses(source) == set(EXCEPTION_STATUS.values())
 
 
@@ -789,11 +673,10 @@ def test_documented_status_is_produced(
     method: str,
     status: int,
     scenario: Scenario,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The scenario gets its status, with the documented headers and body."""
-    response = run(path, method, scenario, tmp_path, monkeypatch)
+    response = run(path, method, scenario, monkeypatch)
     assert response.status == status, response.body
     operation = document_operations()[path, method]
     documented = resolve(operation["responses"][str(status)])
@@ -819,9 +702,9 @@ def test_documented_status_is_produced(
         assert response.body == b"hi\n"[offset:][: len(response.body)]
 
 
-def test_served_document_is_the_file(tmp_path: Path) -> None:
+def test_served_document_is_the_file() -> None:
     """GET /v1/openapi.json answers the file's bytes, as JSON."""
-    response = http(sample_api(tmp_path), "GET", "/v1/openapi.json")
+    response = http(sample_api(), "GET", "/v1/openapi.json")
     assert response.status == 200
     assert response.headers["content-type"] == "application/json"
     assert response.body == DOCUMENT_BYTES
@@ -937,18 +820,22 @@ def test_grace_bounds_match_parser() -> None:
     assert parse_grace({"grace": grace["minimum"]}) == grace["minimum"]
     assert parse_grace({"grace": grace["maximum"]}) == grace["maximum"]
     for outside in (grace["minimum"] - 0.5, grace["maximum"] + 0.5):
-        with pytest.raises(ApiError):
+        with pytest.raises(ErrorResponse):
             parse_grace({"grace": outside})
 
 
 def test_error_codes_match_code() -> None:
-    """The Error schema's codes are exactly the codes api.py answers with."""
-    tree = ast.parse(inspect.getsource(api_module))
+    """The Error schema's codes are exactly the codes jobworker.http answers
+    with, and exactly the wire's ErrorCode."""
     codes = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and dotted(node.func) == "ApiError":
-            code = node.args[1]
-            assert isinstance(code, ast.Constant), ast.unparse(node)
-            codes.add(code.value)
+    for module in HTTP_MODULES:
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.Call) and dotted(node.func) == "ErrorResponse":
+                code = dotted(node.args[1])
+                assert code is not None and code.startswith("ErrorCode."), ast.unparse(
+                    node
+                )
+                codes.add(ErrorCode[code.removeprefix("ErrorCode.")].value)
     error = schema("Error")["properties"]["error"]
     assert set(error["properties"]["code"]["enum"]) == codes
+    assert codes == {code.value for code in ErrorCode}

@@ -1,0 +1,73 @@
+"""
+Errors as the API answers them: a status, an ``error.code`` from
+``jobworker.wire.ErrorCode``, a message, and sometimes headers.
+
+Handlers raise :class:`ErrorResponse` for what they find wrong themselves;
+the job library and the policy raise their own errors, and
+:func:`as_error_response` is the one place those become statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from jobworker.auth.policy import Forbidden
+from jobworker.jobs.confinement import LimitsUnavailable
+from jobworker.jobs.errors import (
+    JobConflict,
+    JobNotFound,
+    ShuttingDown,
+    StorageFull,
+    TooManyJobs,
+)
+from jobworker.jobs.output import OffsetOutOfRange
+from jobworker.jobs.spec import InvalidSpec
+from jobworker.wire import SIZE_HEADER, ErrorCode
+
+
+class ErrorResponse(Exception):
+    """An error the client caused or must know about, as status + JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        headers: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code.value, "message": self.message}}
+
+
+def as_error_response(error: Exception) -> ErrorResponse | None:
+    """The answer for an error of the library or the policy; None: a bug."""
+    if isinstance(error, ErrorResponse):
+        return error
+    if isinstance(error, JobNotFound):
+        return ErrorResponse(404, ErrorCode.NOT_FOUND, str(error))
+    if isinstance(error, InvalidSpec):
+        return ErrorResponse(400, ErrorCode.INVALID_REQUEST, str(error))
+    if isinstance(error, Forbidden):
+        return ErrorResponse(403, ErrorCode.FORBIDDEN, str(error))
+    if isinstance(error, JobConflict):
+        return ErrorResponse(409, ErrorCode.CONFLICT, str(error))
+    if isinstance(error, OffsetOutOfRange):
+        size = {SIZE_HEADER: str(error.size).encode()}
+        return ErrorResponse(416, ErrorCode.OFFSET_OUT_OF_RANGE, str(error), size)
+    if isinstance(error, TooManyJobs):
+        retry = {b"Retry-After": b"1"}
+        return ErrorResponse(429, ErrorCode.TOO_MANY_JOBS, str(error), retry)
+    if isinstance(error, ShuttingDown):
+        return ErrorResponse(503, ErrorCode.SHUTTING_DOWN, str(error))
+    if isinstance(error, LimitsUnavailable):
+        return ErrorResponse(503, ErrorCode.LIMITS_UNAVAILABLE, str(error))
+    if isinstance(error, StorageFull):
+        retry = {b"Retry-After": b"60"}
+        return ErrorResponse(503, ErrorCode.STORAGE_FULL, str(error), retry)
+    return None
