@@ -1,8 +1,9 @@
 """
 Fakes for driving the HTTP API in memory: the job library as the routes see
 it (``jobworker.http.library.JobService``) with records in memory and output
-from bytes, an identity a request names in a header, and HTTP/1.1 to a real
-site over in-memory connections, its time on a ``Clock``.
+from bytes, an identity a request names in a header, HTTP/1.1 to a real site
+over in-memory connections, its time on a ``Clock``, and the audit lines it
+logs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import itertools
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +22,15 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.server import Site
+from zope.interface import implementer
 
-from jobworker.auth.policy import Identity
+from jobworker.auth.policy import Identity, Policy
+from jobworker.http.settings import ApiSettings
+from jobworker.http.site import Api
 from jobworker.jobs.errors import JobConflict, JobNotFound
 from jobworker.jobs.output import OffsetOutOfRange, OutputSpan
 from jobworker.jobs.record import Job
@@ -33,6 +39,21 @@ from jobworker.wire import JobStatus, OutputChunk, Stream
 
 MiB = 1 << 20
 IDENTITY_HEADER = b"X-Test-Identity"
+# alice operates her own jobs, within ceilings; bob reads everyone's;
+# mallory has a certificate but no role.
+POLICY = """
+[roles.operator]
+grants = { start = "own", stop = "own", read = "own", purge = "own" }
+run_as = "worker"
+ceilings = { memory = "1G", pids = 100, io = { read_bps = "10M" } }
+
+[roles.auditor]
+grants = { read = "all" }
+
+[identities]
+alice = "operator"
+bob = "auditor"
+"""
 
 
 def identity_from_header(request: IRequest) -> Identity | None:
@@ -359,3 +380,50 @@ def dechunk(data: bytes) -> bytes:
         body += data[:size]
         data = data[size + 2 :]
     return body
+
+
+@dataclass
+class Served:
+    """A real site over fake jobs: the jobs, the API, a client, one clock."""
+
+    jobs: FakeJobService
+    api: Api
+    client: MemoryClient
+
+    @property
+    def clock(self) -> Clock:
+        return self.jobs.clock
+
+
+def serve(
+    jobs: FakeJobService | None = None,
+    policy: str = POLICY,
+    settings: ApiSettings | None = None,
+) -> Served:
+    """The API over ``jobs`` (empty ones), each request's identity its header's."""
+    jobs = jobs or FakeJobService()
+    api = Api(
+        jobs, Policy.from_toml_text(policy), settings, identify=identity_from_header
+    )
+    return Served(jobs, api, MemoryClient(api.site(), jobs.clock))
+
+
+AuditLine = tuple[str | None, str, str | None, bool | None, int]
+
+
+@contextmanager
+def audit_lines() -> Iterator[list[AuditLine]]:
+    """The audit lines logged meanwhile: identity, action, job, allowed, status."""
+    lines: list[AuditLine] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == "jobworker.audit":
+            fields = ("identity", "action", "job_id", "allowed", "status")
+            lines.append(tuple(event[name] for name in fields))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield lines
+    finally:
+        globalLogPublisher.removeObserver(observe)

@@ -19,9 +19,10 @@ import psutil
 import pytest
 from twisted.python import usage
 
+from jobworker.http.settings import ApiSettings
 from jobworker.jobs.spec import IOLimits, Limits
 from jobworker.pki import write_dev_pki
-from jobworker.tap import Options, default_limits
+from jobworker.tap import TIMEOUTS, Options, default_limits
 
 ROOT = Path(__file__).parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -123,6 +124,14 @@ def test_default_limits_are_parsed() -> None:
             read_bps=20 << 20, write_bps=10 << 20, read_iops=1000, write_iops=500
         ),
     )
+
+
+def test_http_options_default_to_the_settings() -> None:
+    """--max-body and the --*-timeout options default to ApiSettings' values."""
+    options, settings = parse(), ApiSettings()
+    assert options["max-body"] == settings.max_body
+    for name in TIMEOUTS:
+        assert options[name] == getattr(settings, name.replace("-", "_")), name
 
 
 def test_no_default_limits_by_default() -> None:
