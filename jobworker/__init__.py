@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from jobworker.auth.policy import Policy
     from jobworker.client import JobworkerClient
-    from jobworker.http.api import Api
+    from jobworker.http.site import Api
     from jobworker.jobs.errors import (
         IsolationUnavailable,
         JobConflict,
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 # Each public name, and the module that defines it.
 _HOMES = {
-    "Api": "jobworker.http.api",
+    "Api": "jobworker.http.site",
     "InvalidSpec": "jobworker.wire",
     "IOLimits": "jobworker.jobs.spec",
     "Isolation": "jobworker.jobs.spec",

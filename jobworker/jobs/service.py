@@ -87,10 +87,9 @@ class Settings:
     # and stops that reach every process. Off, jobs asking for limits are
     # refused.
     cgroups: bool = True
-    # Limits a job gets where it leaves them out (None: no limit). Through
-    # the API they never exceed the caller's role's ceilings (see
-    # jobworker.auth.policy.check_ceilings); a job started here directly gets them
-    # as they are.
+    # Limits a job gets where it leaves them out (None: no limit), never
+    # above the ceiling ``start`` is given (through the API, the caller's
+    # role's); a job started without one gets them as they are.
     default_limits: Limits = field(default_factory=Limits)
 
 
