@@ -26,7 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from jobworker.auth.policy import Action, Identity
 from jobworker.http.audit import Audit
-from jobworker.http.errors import ErrorResponse, as_error_response
+from jobworker.http.errors import HTTPError, as_http_error
 from jobworker.http.responses import send_error, send_json
 from jobworker.jobs.errors import JobNotFound
 from jobworker.jobs.record import Job
@@ -80,14 +80,14 @@ class Endpoint(Resource):
         audit = Audit(identity, self.action_name(method), self.job_id)
         request.notifyFinish().addBoth(audit.finished, request)
         if identity is None:
-            forbidden = ErrorResponse(403, ErrorCode.FORBIDDEN, "no client certificate")
+            forbidden = HTTPError(403, ErrorCode.FORBIDDEN, "no client certificate")
             send_error(request, forbidden)
             return NOT_DONE_YET
         handler: Handler | None = getattr(self, f"handle_{method}", None)
         if handler is None:
             allowed = ", ".join(sorted(self.actions))
             request.setHeader(b"Allow", allowed.encode())
-            wrong = ErrorResponse(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {allowed}")
+            wrong = HTTPError(405, ErrorCode.METHOD_NOT_ALLOWED, f"use {allowed}")
             send_error(request, wrong)
             return NOT_DONE_YET
         if self.actions[method] is None:
@@ -109,7 +109,7 @@ class Endpoint(Resource):
         except CancelledError:
             return  # the client went away; nothing to answer
         except Exception as e:
-            error = as_error_response(e)
+            error = as_http_error(e)
             if error is None:
                 log.failure(
                     "unexpected error in {method} {path}",
@@ -117,7 +117,7 @@ class Endpoint(Resource):
                     method=request.method,
                     path=request.path,
                 )
-                error = ErrorResponse(
+                error = HTTPError(
                     500, ErrorCode.INTERNAL_ERROR, "internal error; see server log"
                 )
             send_error(request, error)
@@ -148,7 +148,7 @@ class JobRoute(Endpoint):
         allowed = policy.authorize(identity, action, job.owner).allowed
         call.decided(allowed)
         if not allowed:
-            raise ErrorResponse(
+            raise HTTPError(
                 403,
                 ErrorCode.FORBIDDEN,
                 f"{identity.name} may not {action.value} job {self.job_id}",
@@ -164,7 +164,7 @@ class NotFoundEndpoint(Endpoint):
         audit = Audit(identity, "unknown_path", None)
         request.notifyFinish().addBoth(audit.finished, request)
         path = (request.path or b"").decode("utf-8", "replace")
-        missing = ErrorResponse(404, ErrorCode.NOT_FOUND, f"no such path: {path}")
+        missing = HTTPError(404, ErrorCode.NOT_FOUND, f"no such path: {path}")
         send_error(request, missing)
         return NOT_DONE_YET
 

@@ -2,9 +2,9 @@
 Errors as the API answers them: a status, an ``error.code`` from
 ``jobworker.wire.ErrorCode``, a message, and sometimes headers.
 
-Handlers raise :class:`ErrorResponse` for what they find wrong themselves;
+Handlers raise :class:`HTTPError` for what they find wrong themselves;
 the job library and the policy raise their own errors, and
-:func:`as_error_response` is the one place those become statuses.
+:func:`as_http_error` is the one place those become statuses.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jobworker.jobs.spec import InvalidSpec
 from jobworker.wire import SIZE_HEADER, ErrorCode
 
 
-class ErrorResponse(Exception):
+class HTTPError(Exception):
     """An error the client caused or must know about, as status + JSON."""
 
     def __init__(
@@ -45,29 +45,29 @@ class ErrorResponse(Exception):
         return {"error": {"code": self.code.value, "message": self.message}}
 
 
-def as_error_response(error: Exception) -> ErrorResponse | None:
+def as_http_error(error: Exception) -> HTTPError | None:
     """The answer for an error of the library or the policy; None: a bug."""
-    if isinstance(error, ErrorResponse):
+    if isinstance(error, HTTPError):
         return error
     if isinstance(error, JobNotFound):
-        return ErrorResponse(404, ErrorCode.NOT_FOUND, str(error))
+        return HTTPError(404, ErrorCode.NOT_FOUND, str(error))
     if isinstance(error, InvalidSpec):
-        return ErrorResponse(400, ErrorCode.INVALID_REQUEST, str(error))
+        return HTTPError(400, ErrorCode.INVALID_REQUEST, str(error))
     if isinstance(error, Forbidden):
-        return ErrorResponse(403, ErrorCode.FORBIDDEN, str(error))
+        return HTTPError(403, ErrorCode.FORBIDDEN, str(error))
     if isinstance(error, JobConflict):
-        return ErrorResponse(409, ErrorCode.CONFLICT, str(error))
+        return HTTPError(409, ErrorCode.CONFLICT, str(error))
     if isinstance(error, OffsetOutOfRange):
         size = {SIZE_HEADER: str(error.size).encode()}
-        return ErrorResponse(416, ErrorCode.OFFSET_OUT_OF_RANGE, str(error), size)
+        return HTTPError(416, ErrorCode.OFFSET_OUT_OF_RANGE, str(error), size)
     if isinstance(error, TooManyJobs):
         retry = {b"Retry-After": b"1"}
-        return ErrorResponse(429, ErrorCode.TOO_MANY_JOBS, str(error), retry)
+        return HTTPError(429, ErrorCode.TOO_MANY_JOBS, str(error), retry)
     if isinstance(error, ShuttingDown):
-        return ErrorResponse(503, ErrorCode.SHUTTING_DOWN, str(error))
+        return HTTPError(503, ErrorCode.SHUTTING_DOWN, str(error))
     if isinstance(error, LimitsUnavailable):
-        return ErrorResponse(503, ErrorCode.LIMITS_UNAVAILABLE, str(error))
+        return HTTPError(503, ErrorCode.LIMITS_UNAVAILABLE, str(error))
     if isinstance(error, StorageFull):
         retry = {b"Retry-After": b"60"}
-        return ErrorResponse(503, ErrorCode.STORAGE_FULL, str(error), retry)
+        return HTTPError(503, ErrorCode.STORAGE_FULL, str(error), retry)
     return None

@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from jobworker.auth.policy import Action, check_job_request
 from jobworker.http.endpoint import Call, Endpoint, JobRoute, NotFoundEndpoint
-from jobworker.http.errors import ErrorResponse
+from jobworker.http.errors import HTTPError
 from jobworker.http.output_routes import OutputEndpoint
 from jobworker.http.parsing import Query, parse_grace, read_json
 from jobworker.http.responses import send_json
@@ -53,7 +53,7 @@ class JobsEndpoint(Endpoint):
         decision = self.api.policy.authorize(identity, Action.START, None)
         call.decided(decision.allowed)
         if role is None or not decision.allowed:
-            raise ErrorResponse(
+            raise HTTPError(
                 403, ErrorCode.FORBIDDEN, f"{identity.name} may not start jobs"
             )
         spec = parse_job_spec(read_json(call.request))
@@ -65,7 +65,7 @@ class JobsEndpoint(Endpoint):
         except OSError as e:
             if e.errno not in OUT_OF_DESCRIPTORS:
                 raise
-            raise ErrorResponse(
+            raise HTTPError(
                 503,
                 ErrorCode.OUT_OF_RESOURCES,
                 "the server has no file descriptors to spare; try again later",

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from jobworker.http.errors import ErrorResponse
+from jobworker.http.errors import HTTPError
 from jobworker.http.request import body_too_large
 from jobworker.wire import ErrorCode, JobStatus, Stream
 
@@ -26,8 +26,8 @@ DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$")
 MAX_GRACE = 3600
 
 
-def invalid(message: str) -> ErrorResponse:
-    return ErrorResponse(400, ErrorCode.INVALID_REQUEST, message)
+def invalid(message: str) -> HTTPError:
+    return HTTPError(400, ErrorCode.INVALID_REQUEST, message)
 
 
 class Query:
@@ -103,9 +103,7 @@ class Query:
 def read_json(request: Request, empty_ok: bool = False) -> Any:
     """The request body as JSON; 400 if it is not, 413 if it was too large."""
     if body_too_large(request):
-        raise ErrorResponse(
-            413, ErrorCode.BODY_TOO_LARGE, "the request body is too large"
-        )
+        raise HTTPError(413, ErrorCode.BODY_TOO_LARGE, "the request body is too large")
     assert request.content is not None
     request.content.seek(0)
     body = request.content.read()
@@ -124,8 +122,8 @@ def read_json(request: Request, empty_ok: bool = False) -> Any:
         raise not_json("body: nested too deeply") from None
 
 
-def not_json(message: str) -> ErrorResponse:
-    return ErrorResponse(400, ErrorCode.INVALID_JSON, message)
+def not_json(message: str) -> HTTPError:
+    return HTTPError(400, ErrorCode.INVALID_JSON, message)
 
 
 def json_number(text: str) -> int | float:

@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from jobworker.http.errors import ErrorResponse
+from jobworker.http.errors import HTTPError
 from jobworker.http.request import client_gone
 
 JSON = b"application/json"
@@ -30,7 +30,7 @@ def send_json(request: Request, status: int, body: Any) -> None:
     request.finish()
 
 
-def send_error(request: Request, error: ErrorResponse) -> None:
+def send_error(request: Request, error: HTTPError) -> None:
     """Answer ``error``; cut the connection if an answer had begun already."""
     if client_gone(request):
         return

@@ -41,7 +41,7 @@ from jobworker.auth.policy import (
 )
 from jobworker.http import job_routes, meta_routes, output_routes
 from jobworker.http.endpoint import Endpoint, NotFoundEndpoint
-from jobworker.http.errors import ErrorResponse, as_error_response
+from jobworker.http.errors import HTTPError, as_http_error
 from jobworker.http.parsing import parse_grace
 from jobworker.http.settings import ApiSettings
 from jobworker.http.site import Api
@@ -97,8 +97,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("/v1/openapi.json", "GET"): {200, 400, 403, 405, 500},
 }
 
-# What each library error becomes (as_error_response), checked by
-# test_error_response_statuses.
+# What each library error becomes (as_http_error), checked by
+# test_http_error_statuses.
 EXCEPTION_STATUS: dict[type[Exception], int] = {
     InvalidSpec: 400,
     CeilingExceeded: 403,
@@ -371,11 +371,11 @@ def int_argument(call: ast.Call, index: int) -> int:
 
 
 def literal_statuses(source: str) -> set[int]:
-    """The literal statuses of every ``ErrorResponse(...)`` in ``source``."""
+    """The literal statuses of every ``HTTPError(...)`` in ``source``."""
     return {
         int_argument(node, 0)
         for node in ast.walk(ast.parse(textwrap.dedent(source)))
-        if isinstance(node, ast.Call) and dotted(node.func) == "ErrorResponse"
+        if isinstance(node, ast.Call) and dotted(node.func) == "HTTPError"
     }
 
 
@@ -413,7 +413,7 @@ def handler_facts(endpoint: type[Endpoint], method: str) -> HandlerFacts:
             continue
         root = name.split(".")[0]
         target = None if root == "self" else getattr(module, root, None)
-        if name == "ErrorResponse":
+        if name == "HTTPError":
             facts.statuses.add(int_argument(node, 0))
         elif name.endswith(".setResponseCode"):
             success.add(int_argument(node, 0))
@@ -629,8 +629,8 @@ def test_handler_statuses_match_table() -> None:
         assert facts.statuses == EXPECTED[path, method], (path, method)
 
 
-def test_error_response_statuses() -> None:
-    """as_error_response maps each library error to the status EXCEPTION_STATUS says."""
+def test_http_error_statuses() -> None:
+    """as_http_error maps each library error to the status EXCEPTION_STATUS says."""
     samples: dict[type[Exception], Exception] = {
         InvalidSpec: InvalidSpec("command", "must not be empty"),
         JobNotFound: JobNotFound(JOB_ID),
@@ -638,9 +638,9 @@ def test_error_response_statuses() -> None:
     }
     for kind, status in EXCEPTION_STATUS.items():
         error = samples.get(kind) or kind.__new__(kind)
-        mapped = as_error_response(error)
+        mapped = as_http_error(error)
         assert mapped is not None and mapped.status == status, kind
-    source = inspect.getsource(as_error_response)
+    source = inspect.getsource(as_http_error)
     assert literal_statuses(source) == set(EXCEPTION_STATUS.values())
 
 
@@ -820,7 +820,7 @@ def test_grace_bounds_match_parser() -> None:
     assert parse_grace({"grace": grace["minimum"]}) == grace["minimum"]
     assert parse_grace({"grace": grace["maximum"]}) == grace["maximum"]
     for outside in (grace["minimum"] - 0.5, grace["maximum"] + 0.5):
-        with pytest.raises(ErrorResponse):
+        with pytest.raises(HTTPError):
             parse_grace({"grace": outside})
 
 
@@ -830,7 +830,7 @@ def test_error_codes_match_code() -> None:
     codes = set()
     for module in HTTP_MODULES:
         for node in ast.walk(ast.parse(inspect.getsource(module))):
-            if isinstance(node, ast.Call) and dotted(node.func) == "ErrorResponse":
+            if isinstance(node, ast.Call) and dotted(node.func) == "HTTPError":
                 code = dotted(node.args[1])
                 assert code is not None and code.startswith("ErrorCode."), ast.unparse(
                     node
