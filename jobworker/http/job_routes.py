@@ -5,7 +5,6 @@ The routes of jobs themselves: ``/v1/jobs`` (list, start), ``/v1/jobs/{id}``
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -18,12 +17,9 @@ from jobworker.http.errors import HTTPError
 from jobworker.http.output_routes import OutputEndpoint
 from jobworker.http.parsing import Query, parse_grace, read_json
 from jobworker.http.responses import send_json
+from jobworker.jobs.errors import OUT_OF_DESCRIPTORS
 from jobworker.jobs.spec import parse_job_spec
 from jobworker.wire import ErrorCode
-
-# No file descriptors to spare (a job needs pipes and files): the server is
-# busy, not broken, and a later try may well succeed.
-OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 class JobsEndpoint(Endpoint):
@@ -63,6 +59,8 @@ class JobsEndpoint(Endpoint):
                 spec, identity.name, run_as=role.run_as, ceiling=role.ceilings
             )
         except OSError as e:
+            # No descriptors to spare (a job needs pipes and files): the
+            # server is busy, not broken; a later try may well succeed.
             if e.errno not in OUT_OF_DESCRIPTORS:
                 raise
             raise HTTPError(
