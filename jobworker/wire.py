@@ -58,8 +58,10 @@ SIZE_HEADER = b"Jobworker-Size"
 class ErrorCode(enum.StrEnum):
     """``error.code`` of a JSON error body ``{"error": {"code", "message"}}``.
 
-    The API's routes answer with these (``openapi.json`` lists the same); a
-    connection refused before any route (408, 431, a bare 400) has no body.
+    The API's routes answer with these (``openapi.json``'s Error schema
+    lists the same), except the last two: the connection itself answers with
+    those, before any route has the request (``openapi.json`` describes them
+    with the connection's limits).
     """
 
     INVALID_REQUEST = "invalid_request"
@@ -76,6 +78,12 @@ class ErrorCode(enum.StrEnum):
     LIMITS_UNAVAILABLE = "limits_unavailable"
     STORAGE_FULL = "storage_full"
     OUT_OF_RESOURCES = "out_of_resources"
+    # Of the connection, before any route.
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
+
+
+CONNECTION_ERRORS = frozenset({ErrorCode.REQUEST_TIMEOUT, ErrorCode.HEADERS_TOO_LARGE})
 
 
 # A job request's grammar, which the client checks before sending.

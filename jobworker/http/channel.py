@@ -41,6 +41,7 @@ from jobworker.auth.policy import Identity
 from jobworker.http.audit import audit_refusal
 from jobworker.http.settings import ApiSettings
 from jobworker.tls import peer_common_name
+from jobworker.wire import ErrorCode
 
 REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
@@ -135,7 +136,9 @@ class ApiChannel(HTTPChannel):
         if kind in ("handshake", "stall"):
             self.transport.abortConnection()
         else:
-            self._refuse(408, "request_timeout", f"request {kind} not received in time")
+            self._refuse(
+                408, ErrorCode.REQUEST_TIMEOUT, f"request {kind} not received in time"
+            )
 
     def peer_identity(self) -> Identity | None:
         """
@@ -185,7 +188,7 @@ class ApiChannel(HTTPChannel):
     def headerReceived(self, line: bytes) -> bool:
         if self._receivedHeaderCount >= self.maxHeaders:
             self._refuse(
-                431, "headers_too_large", f"more than {self.maxHeaders} headers"
+                431, ErrorCode.HEADERS_TOO_LARGE, f"more than {self.maxHeaders} headers"
             )
             return False
         ok: bool = super().headerReceived(line)
@@ -194,11 +197,11 @@ class ApiChannel(HTTPChannel):
     def _too_large(self) -> None:
         self._refuse(
             431,
-            "headers_too_large",
+            ErrorCode.HEADERS_TOO_LARGE,
             f"request line and headers over {self.totalHeadersSize} bytes",
         )
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
         """Answer before any request exists (JSON, as the API's errors), close."""
         self._disarm(self._deadline_kind)
         if self._refused:

@@ -64,7 +64,7 @@ from jobworker.jobs.spec import (
     parse_job_spec,
     parse_size,
 )
-from jobworker.wire import ErrorCode, JobStatus, Stream
+from jobworker.wire import CONNECTION_ERRORS, ErrorCode, JobStatus, Stream
 from tests.fakes import FakeJobService, MemoryClient, Response
 
 DOCUMENT_BYTES = resources.files("jobworker").joinpath("openapi.json").read_bytes()
@@ -825,8 +825,8 @@ def test_grace_bounds_match_parser() -> None:
 
 
 def test_error_codes_match_code() -> None:
-    """The Error schema's codes are exactly the codes jobworker.http answers
-    with, and exactly the wire's ErrorCode."""
+    """The Error schema's codes are exactly the codes jobworker.http's routes
+    answer with, and the wire's ErrorCode but the connection's own."""
     codes = set()
     for module in HTTP_MODULES:
         for node in ast.walk(ast.parse(inspect.getsource(module))):
@@ -838,4 +838,6 @@ def test_error_codes_match_code() -> None:
                 codes.add(ErrorCode[code.removeprefix("ErrorCode.")].value)
     error = schema("Error")["properties"]["error"]
     assert set(error["properties"]["code"]["enum"]) == codes
-    assert codes == {code.value for code in ErrorCode}
+    assert codes == {code.value for code in ErrorCode} - CONNECTION_ERRORS
+    for code in CONNECTION_ERRORS:
+        assert f"`{code.value}`" in DOCUMENT["info"]["description"]
