@@ -41,7 +41,7 @@ from jobworker.jobs.output import OutputLog
 from jobworker.jobs.record import Job, new_job_id, utc_now
 from jobworker.jobs.records import Records
 from jobworker.jobs.running import JobBounds, RunningJob
-from jobworker.jobs.spec import JobSpec, Limits, parse_job_spec
+from jobworker.jobs.spec import JobSpec, Limits, checked_spec
 from jobworker.jobs.store import JobStore
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, HelperLauncher, Launcher
 from jobworker.linux.proc import kill_session
@@ -199,11 +199,9 @@ class JobManager(Service):
         (``running``) or could not be run (``failed_to_start``); raises
         ``InvalidSpec`` for a malformed spec, and nothing is started then.
         """
+        spec = checked_spec(spec)
         defaults = self.settings.default_limits
         spec = replace(spec, limits=spec.limits.or_defaults(defaults, ceiling))
-        # A JobSpec built by hand is checked as a request is: a NUL byte or
-        # an oversized argv would otherwise fail only in the spawn.
-        spec = parse_job_spec(spec.to_json())
         if not self.settings.isolate and os.geteuid() != 0:
             run_as = None  # only root can change users: jobs run as we do
         assert self._admission is not None and self._space is not None

@@ -169,6 +169,10 @@ class JobSpec:
     timeout: float | None = None
     limits: Limits = field(default_factory=Limits)
     isolation: Isolation = field(default_factory=Isolation)
+    # Made by parse_job_spec, which checked every field: the service checks
+    # only specs built otherwise (by hand, through the library), so that each
+    # is checked once. Not part of the value.
+    checked: bool = field(default=False, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -232,7 +236,17 @@ def parse_job_spec(request: object) -> JobSpec:
         timeout=_optional_positive(body.get("timeout"), "timeout"),
         limits=_limits(body.get("limits", {})),
         isolation=_isolation(body.get("isolation", {})),
+        checked=True,
     )
+
+
+def checked_spec(spec: JobSpec) -> JobSpec:
+    """
+    ``spec``, checked as a request is if nothing has checked it yet: a NUL
+    byte or an oversized argv in a spec built by hand would otherwise fail
+    only in the spawn.
+    """
+    return spec if spec.checked else parse_job_spec(spec.to_json())
 
 
 def _object(value: object, name: str, allowed: set[str]) -> dict[str, Any]:

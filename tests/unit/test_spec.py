@@ -12,6 +12,7 @@ from jobworker.jobs.spec import (
     IOLimits,
     JobSpec,
     Limits,
+    checked_spec,
     parse_job_spec,
     parse_size,
 )
@@ -118,3 +119,17 @@ def test_rejections_name_the_field(request_body: Any, field: str, message: str) 
         parse_job_spec(request_body)
     assert caught.value.field == field
     assert message in caught.value.message
+
+
+def test_a_parsed_spec_is_not_checked_again() -> None:
+    """A spec from parse_job_spec is taken as it is: each spec is checked once."""
+    parsed = parse_job_spec({"command": "echo", "args": ["hi"]})
+    assert checked_spec(parsed) is parsed
+
+
+def test_a_spec_built_by_hand_is_checked_as_a_request() -> None:
+    """A JobSpec built by hand goes through the request's checks, naming the field."""
+    with pytest.raises(InvalidSpec, match=r"args\[0\]: must not contain NUL"):
+        checked_spec(JobSpec(command="echo", args=("a\0b",)))
+    built = JobSpec(command="echo", args=("hi",))
+    assert checked_spec(built) == built
