@@ -205,10 +205,10 @@ def test_every_module_has_a_docstring() -> None:
 
 def test_the_real_tree_is_read() -> None:
     """The checks above see the package: its modules and their imports."""
-    found = {m.name: m for m in modules(SOURCE)}
-    assert {"jobworker.wire", "jobworker.jobs.spec", "jobworker.http.api"} <= set(found)
-    imported = {i.imported for i in imports(found["jobworker.http.api"], SOURCE)}
-    assert "jobworker.jobs.spec" in imported
+    found = list(modules(SOURCE))
+    assert {"jobworker.wire", "jobworker.jobs.spec"} <= {m.name for m in found}
+    imported = {i.imported for m in found for i in imports(m, SOURCE)}
+    assert {"jobworker.wire", "jobworker.jobs.spec"} <= imported
 
 
 # A small tree with one planted violation of each kind, and imports the rule
