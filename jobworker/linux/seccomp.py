@@ -198,7 +198,7 @@ REFUSED = (
         open_by_handle_at name_to_handle_at fanotify_init fanotify_mark
         """
     )
-    | _names(  # other processes' memory policy and descriptors, as Docker
+    | _names(  # NUMA placement, other processes' memory and files: Docker's too
         """
         mbind set_mempolicy get_mempolicy set_mempolicy_home_node
         migrate_pages move_pages kcmp pidfd_getfd process_madvise

@@ -30,8 +30,11 @@ from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import JobSpec, parse_job_spec
 from jobworker.linux.build import build, helper_path
 from jobworker.linux.launcher import HelperLauncher, LaunchRequest
+from jobworker.linux.libseccomp import Libseccomp
 from jobworker.linux.seccomp import SyscallFilter, job_syscall_filter
+from jobworker.pki import write_dev_pki
 from jobworker.wire import JobStatus, Stream
+from tests.integration.test_tap import twistd
 
 reactor: Any = global_reactor
 PYTHON = "/usr/bin/python3"  # Debian's, which every user may run
@@ -479,3 +482,36 @@ def test_only_isolated_jobs_get_the_filter(filters: list[SyscallFilter]) -> None
     for launcher, request, expected in cases:
         argv = launcher.helper_argv(request)
         assert (argv[-5:-3] == ["--seccomp-fd", "4"]) is expected, argv
+
+
+# Start-up
+
+
+def loaded_libseccomp() -> str:
+    """The file this process loaded as libseccomp."""
+    Libseccomp()
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libseccomp" in line}
+    assert len(paths) == 1, paths
+    return paths.pop()
+
+
+@pytest.mark.root
+def test_a_host_without_libseccomp_does_not_start_isolated(tmp_path: Path) -> None:
+    """With the library gone (here: hidden in a mount namespace of its own),
+    an isolating server says so in one line and exits non-zero."""
+    write_dev_pki(tmp_path / "pki")
+    argv = twistd(tmp_path / "pki", tmp_path / "data")
+    hide = f'mount --bind /dev/null {loaded_libseccomp()} && exec "$@"'
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    result = subprocess.run(
+        [*unshare, "sh", "-c", hide, "sh", *argv],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        "jobworker: isolated jobs need libseccomp for their system call filter:"
+    )
