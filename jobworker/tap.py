@@ -37,6 +37,7 @@ from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size, show_
 from jobworker.jobs.store import StoreUnavailable
 from jobworker.linux.build import HelperMissing, UnsafeHelper, helper_path
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, UnknownUser
+from jobworker.linux.seccomp import SeccompUnavailable
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()
@@ -158,6 +159,7 @@ STARTUP_ERRORS = (
     TLSConfigError,
     PolicyError,
     IsolationUnavailable,
+    SeccompUnavailable,
     UnknownUser,
     UnsafeDataDirectory,
     HelperMissing,

@@ -45,6 +45,7 @@ from jobworker.jobs.spec import JobSpec, Limits, checked_spec
 from jobworker.jobs.store import JobStore
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, HelperLauncher, Launcher
 from jobworker.linux.proc import kill_session
+from jobworker.linux.seccomp import job_syscall_filter
 from jobworker.wire import JobStatus, OutputChunk, Stream
 
 MiB = 1 << 20
@@ -138,7 +139,8 @@ class JobManager(Service):
         # on, its real path: no piece of it can be swapped any more.
         self.data_dir = prepare_data_directory(self.data_dir)
         if self._launcher is None:
-            self._launcher = HelperLauncher(self._reactor)
+            seccomp = job_syscall_filter() if self.settings.isolate else None
+            self._launcher = HelperLauncher(self._reactor, syscall_filter=seccomp)
         store = JobStore(self.data_dir / DATABASE)
         self._records = Records(store, self._clock, self.settings.save_retry)
         self._space = DiskSpace(self.data_dir, self.settings.disk_reserve)

@@ -31,6 +31,11 @@
  *                        root's are always dropped)
  *   --cwd DIR            the command's working directory, entered after
  *                        privileges are dropped: the user must be allowed in
+ *   --seccomp-fd N       a seccomp BPF program (struct sock_filter after
+ *                        another) in fd N, read at once (with pread: the fd's
+ *                        offset may be shared), then closed; the command's
+ *                        process loads it, with PR_SET_NO_NEW_PRIVS, as its
+ *                        very last step before execve
  *
  * Without --isolate, --uid and --cgroup-procs the helper does what it always
  * did: setsid, chdir, exec.
@@ -60,7 +65,7 @@
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
  *       stage: close cgroup setsid pidns unshare mount hostname lo go pipe fork
- *              setgroups setgid setuid prctl chdir exec
+ *              setgroups setgid setuid prctl chdir seccomp exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
  *   "running\n"                the command was exec'd
@@ -83,6 +88,8 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -93,6 +100,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -116,6 +124,7 @@ struct options {
     gid_t *groups;
     size_t ngroups;
     const char *cwd;
+    struct sock_fprog seccomp; /* len 0: no filter */
     char **command; /* FILE ARGV0 [ARG...] */
     char **env;     /* the job's, from the go-ahead */
     /* What was given, to refuse combinations that make no sense. */
@@ -154,6 +163,7 @@ static void usage(void)
             "usage: jobworker-exec [--status-fd N] [--cgroup-procs PATH]...\n"
             "         [--isolate [--network none|host] [--hostname NAME]]\n"
             "         [--uid N --gid N [--groups G,...]] [--cwd DIR]\n"
+            "         [--seccomp-fd N]\n"
             "         -- FILE ARGV0 [ARG...]\n");
     _exit(127);
 }
@@ -193,6 +203,34 @@ static void parse_groups(struct options *o, const char *text)
     free(copy);
 }
 
+/* The program in fd, read now, while the helper is still root and the fd
+ * still open (close_inherited closes it). */
+static void read_seccomp_filter(struct options *o, int fd)
+{
+    struct stat st;
+    if (o->seccomp.len != 0)
+        usage();
+    if (fstat(fd, &st) < 0)
+        fail("seccomp", errno);
+    size_t size = (size_t)st.st_size;
+    if (size == 0 || size % sizeof(struct sock_filter) != 0 ||
+        size > BPF_MAXINSNS * sizeof(struct sock_filter))
+        fail("seccomp", EINVAL);
+    struct sock_filter *program = malloc(size);
+    if (program == NULL)
+        fail("seccomp", ENOMEM);
+    for (size_t done = 0; done < size;) {
+        ssize_t n = pread(fd, (char *)program + done, size - done, (off_t)done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            fail("seccomp", n < 0 ? errno : EINVAL);
+        done += (size_t)n;
+    }
+    o->seccomp.len = (unsigned short)(size / sizeof(struct sock_filter));
+    o->seccomp.filter = program;
+}
+
 static const char *value(int argc, char **argv, int *i)
 {
     if (*i + 1 >= argc)
@@ -230,6 +268,8 @@ static void parse_option(struct options *o, int argc, char **argv, int *i)
         parse_groups(o, value(argc, argv, i));
     } else if (strcmp(name, "--cwd") == 0) {
         o->cwd = value(argc, argv, i);
+    } else if (strcmp(name, "--seccomp-fd") == 0) {
+        read_seccomp_filter(o, (int)parse_number(value(argc, argv, i), 1 << 20));
     } else {
         usage();
     }
@@ -467,6 +507,19 @@ static void exec_file(const char *file, char *const *argv, char *const *env)
     fail("exec", error);
 }
 
+/* After it, the command's process can make only the calls it allows: the
+ * last step before the exec, which it allows. NO_NEW_PRIVS too (the kernel
+ * wants it of a process without CAP_SYS_ADMIN), whatever the user. */
+static void load_seccomp_filter(const struct options *o)
+{
+    if (o->seccomp.len == 0)
+        return;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        fail("seccomp", errno);
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0U, &o->seccomp) < 0)
+        fail("seccomp", errno);
+}
+
 static void exec_command(const struct options *o)
 {
     if (o->given_uid)
@@ -479,6 +532,7 @@ static void exec_command(const struct options *o)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
 
+    load_seccomp_filter(o);
     exec_file(o->command[0], &o->command[1], o->env);
 }
 

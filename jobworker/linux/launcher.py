@@ -19,6 +19,10 @@ as an ``error`` line. A plain job's successful exec closes the pipe silently.
 An isolated job's helper is PID 1 of the job's PID namespace (made here, just
 around the spawn) and stays as its init: it says ``running`` once the command
 is exec'd, and ``exit N`` or ``signal N`` when the command ends.
+
+An isolated job's system calls are filtered (``jobworker.linux.seccomp``):
+the launcher is given the server's compiled filter, whose memfd each helper
+inherits as child fd 4; the command's process loads it just before its exec.
 """
 
 from __future__ import annotations
@@ -44,8 +48,11 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 
 from jobworker.linux.build import helper_path
 from jobworker.linux.pidns import new_pid_namespace
+from jobworker.linux.seccomp import SyscallFilter
 
 STATUS_FD = 3
+# Where the helper finds the system call filter (its --seccomp-fd).
+SECCOMP_FD = 4
 # The helper's --network options for an isolated job: "none" is a network
 # namespace of its own with only loopback, "host" keeps the host's network.
 NETWORK_MODES = ("none", "host")
@@ -82,6 +89,9 @@ class LaunchRequest:
     isolate: bool = False
     network: str = "none"
     hostname: str = "jobworker"
+    # With isolate: the command's system calls filtered (the launcher's
+    # filter: see jobworker.linux.seccomp). A role may go without.
+    seccomp: bool = True
     # The user the command runs as (ids, resolved beforehand: see
     # ``resolve_user``); None keeps the server's.
     uid: int | None = None
@@ -118,11 +128,24 @@ class Launcher(Protocol):
 
 
 class HelperLauncher:
-    """Launch jobs through the ``jobworker-exec`` helper."""
+    """
+    Launch jobs through the ``jobworker-exec`` helper. With a
+    ``syscall_filter``, an isolated job's command runs under it, unless its
+    request says ``seccomp=False``; without one, no job's is filtered.
+    """
 
-    def __init__(self, reactor: IReactorProcess, helper: Path | None = None) -> None:
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        helper: Path | None = None,
+        syscall_filter: SyscallFilter | None = None,
+    ) -> None:
         self._reactor = reactor
         self._helper = str(helper or helper_path())
+        self._filter = syscall_filter
+
+    def _filter_for(self, request: LaunchRequest) -> SyscallFilter | None:
+        return self._filter if request.isolate and request.seccomp else None
 
     def helper_argv(self, request: LaunchRequest) -> list[str]:
         """The helper's command line for ``request`` (flags: see exec.c)."""
@@ -137,6 +160,8 @@ class HelperLauncher:
             argv += ["--groups", ",".join(str(g) for g in request.groups)]
         if request.cwd is not None:
             argv += ["--cwd", request.cwd]
+        if self._filter_for(request) is not None:
+            argv += ["--seccomp-fd", str(SECCOMP_FD)]
         return [*argv, "--", request.executable, *request.argv]
 
     def launch(
@@ -151,6 +176,10 @@ class HelperLauncher:
         birthplace = (
             new_pid_namespace() if request.isolate else contextlib.nullcontext()
         )
+        child_fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r", STATUS_FD: "r"}
+        syscall_filter = self._filter_for(request)
+        if syscall_filter is not None:
+            child_fds[SECCOMP_FD] = syscall_filter.fd
         with birthplace:
             # What the reactor's spawnProcess does on POSIX, with our Process.
             transport: IProcessTransport = JobProcess(
@@ -160,7 +189,7 @@ class HelperLauncher:
                 HELPER_ENVIRONMENT,
                 None,
                 protocol,
-                childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r"},
+                childFDs=child_fds,
             )
             return transport
 
@@ -299,6 +328,8 @@ def describe_launch_error(line: str, request: LaunchRequest) -> str:
         subject = request.cwd
     elif stage == "cgroup" and request.cgroup_procs:
         subject = " ".join(request.cgroup_procs)
+    elif stage == "seccomp":
+        subject = "system call filter"
     return describe_os_error(stage, subject, number)
 
 
