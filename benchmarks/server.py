@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from benchmarks.client import Connection, Credentials
+from jobworker.linux.launcher import under_private_mount
 from jobworker.pki import write_dev_pki
 
 IDENTITY = "bench"
@@ -33,6 +34,9 @@ run_as = "nobody"
 {IDENTITY} = "bench"
 """
 START_TIMEOUT = 30.0
+# Where the workspace goes: jobs must see its scratch area, and an isolated
+# job's /tmp, /var/tmp and /run are its own.
+WORKSPACE_BASES = ("/srv", "/var/lib", "/opt")
 STOP_TIMEOUT = 60.0
 
 
@@ -43,11 +47,19 @@ def free_port() -> int:
         return port
 
 
+def _base() -> str | None:
+    for base in WORKSPACE_BASES:
+        real = os.path.realpath(base)
+        if os.access(real, os.W_OK) and not under_private_mount(real):
+            return real
+    return None  # the temporary directory
+
+
 class Workspace:
     """A temporary directory with the PKI, policy and a shared scratch area."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="jobworker-bench-"))
+        self.root = Path(tempfile.mkdtemp(prefix="jobworker-bench-", dir=_base()))
         self.pki = self.root / "pki"
         write_dev_pki(self.pki, users=(IDENTITY,))
         self.policy = self.root / "policy.toml"

@@ -36,7 +36,7 @@ from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size, show_size
 from jobworker.jobs.store import StoreUnavailable
 from jobworker.linux.build import HelperMissing, UnsafeHelper, helper_path
-from jobworker.linux.launcher import DEFAULT_JOB_PATH, UnknownUser
+from jobworker.linux.launcher import DEFAULT_JOB_PATH, DEFAULT_TMPFS_SIZE, UnknownUser
 from jobworker.linux.seccomp import SeccompUnavailable
 from jobworker.tls import TLSConfigError, server_tls_options
 
@@ -56,6 +56,8 @@ PARAMETERS = [
     ["output-limit", None, "10G", "Most output per job; beyond, it is stopped."],
     ["grace", None, 10.0, "Seconds from SIGTERM to SIGKILL on stop.", float],
     ["job-path", None, DEFAULT_JOB_PATH, "PATH of a job that sets none."],
+    ["tmpfs-size", None, show_size(DEFAULT_TMPFS_SIZE),
+     "Size of each of a job's private /tmp, /var/tmp, /run, /dev/shm."],
     # The HTTP layer's, defaulting to its settings' (jobworker.http.settings).
     ["max-body", None, show_size(HTTP.max_body), "Largest request body."],
     ["idle-timeout", None, HTTP.idle_timeout,
@@ -109,11 +111,13 @@ class Options(usage.Options):
         for name in TIMEOUTS:
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be more than 0 seconds")
-        for name in ("output-limit", "max-body"):
+        for name in ("output-limit", "max-body", "tmpfs-size"):
             try:
                 self[name] = parse_size(self[name], f"--{name}")
             except InvalidSpec as e:
                 raise usage.UsageError(str(e)) from None
+        if self["tmpfs-size"] < 1:
+            raise usage.UsageError("--tmpfs-size must be at least 1 byte")
         for name, _, _, _ in DEFAULT_LIMITS:
             if self[name] is not None:
                 self[name] = _default_limit(name, self[name])
@@ -232,6 +236,8 @@ def build_service(options: Options) -> IService:
             job_path=options["job-path"],
             isolate=isolate,
             default_limits=default_limits(options),
+            tmpfs_size=options["tmpfs-size"],
+            masked_paths=masked_paths(options, data_dir),
         ),
     )
     # Jobs change users where the server is root, isolated or not: look the
@@ -287,6 +293,17 @@ class GracefulTermination(Service):
     def _terminate(self, number: int, frame: FrameType | None) -> None:
         log.info("received SIGTERM: stopping jobs, then exiting")
         self._reactor.callFromThread(self._reactor.stop)
+
+
+def masked_paths(options: Options, data_dir: Path) -> tuple[str, ...]:
+    """
+    What isolated jobs must not see: the TLS and policy files and the data
+    directory (a job's output is the server's to write, never the job's), by
+    their real paths, as the launch helper takes them.
+    """
+    files = [options[name] for name in ("cert", "key", "ca", "policy")]
+    paths = [os.path.realpath(f) for f in files if f is not None]
+    return tuple(dict.fromkeys([*paths, os.path.realpath(data_dir)]))
 
 
 def load_policy(path: str | None) -> Policy:

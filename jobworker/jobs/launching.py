@@ -13,7 +13,13 @@ from jobworker.jobs.confinement import Confinement, JobConfinement
 from jobworker.jobs.errors import OUT_OF_DESCRIPTORS, OutOfDescriptors
 from jobworker.jobs.record import Job
 from jobworker.linux.cgroups import CgroupError
-from jobworker.linux.launcher import LaunchRequest, User, resolve_user
+from jobworker.linux.launcher import (
+    DEFAULT_TMPFS_INODES,
+    DEFAULT_TMPFS_SIZE,
+    LaunchRequest,
+    User,
+    resolve_user,
+)
 
 
 @dataclass(frozen=True)
@@ -28,9 +34,19 @@ class LaunchPlan:
 class LaunchPlanner:
     """Turns new jobs' records into launch plans."""
 
-    def __init__(self, job_path: str, isolate: bool) -> None:
+    def __init__(
+        self,
+        job_path: str,
+        isolate: bool,
+        masks: tuple[str, ...] = (),
+        tmpfs_size: int = DEFAULT_TMPFS_SIZE,
+        tmpfs_inodes: int = DEFAULT_TMPFS_INODES,
+    ) -> None:
         self._job_path = job_path
         self._isolate = isolate
+        # An isolated job's view of the filesystem (see LaunchRequest).
+        self._masks = masks
+        self._tmpfs = (tmpfs_size, tmpfs_inodes)
         self._users: dict[str, User] = {}
 
     def prepare_users(self, names: Iterable[str]) -> None:
@@ -79,4 +95,7 @@ class LaunchPlanner:
             uid=None if user is None else user.uid,
             gid=None if user is None else user.gid,
             groups=() if user is None else user.groups,
+            tmpfs_size=self._tmpfs[0],
+            tmpfs_inodes=self._tmpfs[1],
+            masks=self._masks,
         )

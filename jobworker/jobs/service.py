@@ -43,7 +43,13 @@ from jobworker.jobs.records import Records
 from jobworker.jobs.running import JobBounds, RunningJob
 from jobworker.jobs.spec import JobSpec, Limits, checked_spec
 from jobworker.jobs.store import JobStore
-from jobworker.linux.launcher import DEFAULT_JOB_PATH, HelperLauncher, Launcher
+from jobworker.linux.launcher import (
+    DEFAULT_JOB_PATH,
+    DEFAULT_TMPFS_INODES,
+    DEFAULT_TMPFS_SIZE,
+    HelperLauncher,
+    Launcher,
+)
 from jobworker.linux.proc import kill_session
 from jobworker.linux.seccomp import job_syscall_filter
 from jobworker.wire import JobStatus, OutputChunk, Stream
@@ -92,6 +98,13 @@ class Settings:
     # above the ceiling ``start`` is given (through the API, the caller's
     # role's); a job started without one gets them as they are.
     default_limits: Limits = field(default_factory=Limits)
+    # An isolated job's private /tmp, /var/tmp, /run, /run/lock and /dev/shm:
+    # each a tmpfs of at most this many bytes and inodes, its pages charged
+    # to the job's memory. And the real paths its view hides: the server's
+    # own files and data directory (twistd names them).
+    tmpfs_size: int = DEFAULT_TMPFS_SIZE
+    tmpfs_inodes: int = DEFAULT_TMPFS_INODES
+    masked_paths: tuple[str, ...] = ()
 
 
 class JobManager(Service):
@@ -113,7 +126,13 @@ class JobManager(Service):
         self._launcher = launcher
         self._records: Records | None = None
         self._admission: Admission | None = None
-        self._planner = LaunchPlanner(self.settings.job_path, self.settings.isolate)
+        self._planner = LaunchPlanner(
+            self.settings.job_path,
+            self.settings.isolate,
+            self.settings.masked_paths,
+            self.settings.tmpfs_size,
+            self.settings.tmpfs_inodes,
+        )
         self.confinement = Confinement.none(self._clock, "not open yet")
         self._live: dict[str, RunningJob] = {}
         self._space: DiskSpace | None = None

@@ -15,22 +15,29 @@
  *                        hierarchy). Done first, while the helper is one
  *                        thread, so nothing after escapes the job's limits.
  *   --isolate            the helper must be PID 1 of a PID namespace that the
- *                        server made for it. It unshares mount, UTS, IPC and
- *                        network namespaces, makes every mount private,
- *                        mounts a fresh /proc (/proc/sys read-only) and a
- *                        read-only /sys, sets the hostname, brings lo up;
- *                        then forks the command as PID 2 and stays as the
- *                        namespace's init (see "Init" below).
+ *                        server made for it. It unshares mount, UTS, IPC,
+ *                        cgroup and network namespaces, builds the job's view
+ *                        of the filesystem (see "View" below), sets the
+ *                        hostname, brings lo up; then forks the command as
+ *                        PID 2 and stays as the namespace's init (see "Init").
  *   --network none|host  with --isolate: "none" (default) is a new network
  *                        namespace with only lo; "host" keeps the server's
  *   --hostname NAME      with --isolate: the hostname (default "jobworker")
+ *   --tmpfs-size BYTES   with --isolate: the size of each private tmpfs
+ *   --tmpfs-inodes N     and its inodes (defaults 256 MiB and 65536)
+ *   --mask PATH          with --isolate: hide PATH, a real path (no symlink
+ *                        on the way); skipped if it does not exist;
+ *                        repeatable
+ *   --writable PATH      with --isolate: PATH stays writable, a real path;
+ *                        repeatable
  *   --uid N --gid N      run the command as this user and group (both or
  *                        neither), with no capabilities and no way to gain
  *                        any (PR_SET_NO_NEW_PRIVS)
  *   --groups G[,G...]    with --uid: the supplementary groups (default none;
  *                        root's are always dropped)
  *   --cwd DIR            the command's working directory, entered after
- *                        privileges are dropped: the user must be allowed in
+ *                        privileges are dropped: the user must be allowed in.
+ *                        Default: the private /tmp with --isolate, else /.
  *   --seccomp-fd N       a seccomp BPF program (struct sock_filter after
  *                        another) in fd N, read at once (with pread: the fd's
  *                        offset may be shared), then closed; the command's
@@ -39,6 +46,28 @@
  *
  * Without --isolate, --uid and --cgroup-procs the helper does what it always
  * did: setsid, chdir, exec.
+ *
+ * View. An isolated job sees the host's files read-only, its own scratch
+ * space, and nothing of the server's. In its mount namespace, in this order
+ * (each step's reason is by its code):
+ *   1. every mount private (nothing below reaches the host);
+ *   2. the --mask paths covered: a directory by an empty read-only tmpfs, a
+ *      file by a bind of the host's /dev/null (which 3 makes unopenable);
+ *   3. the whole tree read-only, nosuid and nodev, recursively
+ *      (mount_setattr: a bind remount of / would not reach the mounts
+ *      under it);
+ *   4. each --writable path bound over itself, writable again (that mount
+ *      alone: mounts under it stay read-only);
+ *   5. fresh /proc (/proc/sys read-only) and read-only /sys, as before;
+ *   6. private tmpfs on /tmp and /var/tmp (1777), /run (0755) and /run/lock
+ *      (1777), nosuid and nodev, each of --tmpfs-size and --tmpfs-inodes;
+ *      a mount point the host lacks is skipped;
+ *   7. a new /dev: a tmpfs with null, zero, full, random, urandom and tty
+ *      (made with mknod), a devpts of its own at /dev/pts, /dev/ptmx, the
+ *      fd, stdin, stdout and stderr links, and /dev/shm (a tmpfs as in 6);
+ *      then /dev read-only but for pts and shm.
+ * Every tmpfs page a job writes is charged to its memory cgroup; every
+ * mount goes with the namespace, when the job's last process ends.
  *
  * Go-ahead. Before the command exists (before init forks it, or before
  * the exec) the helper reads its stdin to end of file. The server writes the
@@ -62,9 +91,19 @@
  * that environment (or DEFAULT_PATH), after the drop to the job's user and
  * the chdir, so it finds what the job itself would find.
  *
+ * Command. An isolated job's command gets oom_score_adj 0 (its init has
+ * -1000: the OOM killer takes the command, never the init that reports it)
+ * and these limits, none above the server's own hard limit: open files 1024
+ * (hard 524288), no core dumps, and processes 4096 (RLIMIT_NPROC). The kernel counts that last one per real
+ * uid across the host: jobs sharing a run_as user share it, with each
+ * other and with that user's other processes. It keeps a fork bomb from
+ * taking the host's pids (32768 on a small host); a job's own bound is
+ * its cgroup's pids limit.
+ *
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
- *       stage: close cgroup setsid pidns unshare mount hostname lo go pipe fork
+ *       stage: close cgroup setsid oom pidns unshare mount mask readonly
+ *              writable tmpfs dev hostname lo go pipe fork rlimit
  *              setgroups setgid setuid prctl chdir seccomp exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
@@ -93,19 +132,81 @@
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+/* The mount API's constants, where the C library's headers predate it (the
+ * kernel's numbers are the same on every architecture but alpha). */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+#ifndef MOUNT_ATTR_NOSUID
+#define MOUNT_ATTR_NOSUID 0x00000002
+#endif
+#ifndef MOUNT_ATTR_NODEV
+#define MOUNT_ATTR_NODEV 0x00000004
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOVE_MOUNT_T_EMPTY_PATH
+#define MOVE_MOUNT_T_EMPTY_PATH 0x00000040
+#endif
+#ifndef RESOLVE_NO_SYMLINKS
+#define RESOLVE_NO_SYMLINKS 0x04
+#endif
+#ifndef CLONE_NEWCGROUP
+#define CLONE_NEWCGROUP 0x02000000
+#endif
+
+/* The kernel's struct mount_attr and struct open_how, by other names: the
+ * C library may define the first, and not the second. */
+struct mount_attributes {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+struct resolution {
+    uint64_t flags, mode, resolve;
+};
+
 #define MAX_CGROUPS 16
+#define MAX_PATHS 64
+/* The server's defaults (launcher.py), for other callers. */
+#define DEFAULT_TMPFS_SIZE (256ULL << 20)
+#define DEFAULT_TMPFS_INODES 65536UL
+/* The command's limits (see "Command" above). */
+#define NOFILE_SOFT 1024
+#define NOFILE_HARD 524288
+#define NPROC_LIMIT 4096
 /* The most the go-ahead may hold: above what the kernel lets execve take. */
 #define MAX_GO_AHEAD (8 << 20)
 /* Where a bare FILE is looked up if the job's environment has no PATH: the
@@ -125,6 +226,12 @@ struct options {
     size_t ngroups;
     const char *cwd;
     struct sock_fprog seccomp; /* len 0: no filter */
+    unsigned long long tmpfs_size;
+    unsigned long tmpfs_inodes;
+    const char *masks[MAX_PATHS];
+    int nmasks;
+    const char *writable[MAX_PATHS];
+    int nwritable;
     char **command; /* FILE ARGV0 [ARG...] */
     char **env;     /* the job's, from the go-ahead */
     /* What was given, to refuse combinations that make no sense. */
@@ -161,7 +268,9 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: jobworker-exec [--status-fd N] [--cgroup-procs PATH]...\n"
-            "         [--isolate [--network none|host] [--hostname NAME]]\n"
+            "         [--isolate [--network none|host] [--hostname NAME]\n"
+            "           [--tmpfs-size BYTES] [--tmpfs-inodes N]\n"
+            "           [--mask PATH]... [--writable PATH]...]\n"
             "         [--uid N --gid N [--groups G,...]] [--cwd DIR]\n"
             "         [--seccomp-fd N]\n"
             "         -- FILE ARGV0 [ARG...]\n");
@@ -238,6 +347,14 @@ static const char *value(int argc, char **argv, int *i)
     return argv[++*i];
 }
 
+/* An absolute path, one more of at most MAX_PATHS. */
+static void add_path(const char **paths, int *count, const char *path)
+{
+    if (*count == MAX_PATHS || path[0] != '/')
+        usage();
+    paths[(*count)++] = path;
+}
+
 static void parse_option(struct options *o, int argc, char **argv, int *i)
 {
     const char *name = argv[*i];
@@ -257,6 +374,19 @@ static void parse_option(struct options *o, int argc, char **argv, int *i)
         o->given_namespace_option = 1;
     } else if (strcmp(name, "--hostname") == 0) {
         o->hostname = value(argc, argv, i);
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--tmpfs-size") == 0) {
+        /* Not 0: to tmpfs, that is no limit at all. */
+        o->tmpfs_size = parse_number(value(argc, argv, i), ULONG_MAX);
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--tmpfs-inodes") == 0) {
+        o->tmpfs_inodes = parse_number(value(argc, argv, i), UINT_MAX);
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--mask") == 0) {
+        add_path(o->masks, &o->nmasks, value(argc, argv, i));
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--writable") == 0) {
+        add_path(o->writable, &o->nwritable, value(argc, argv, i));
         o->given_namespace_option = 1;
     } else if (strcmp(name, "--uid") == 0) {
         o->uid = (uid_t)parse_number(value(argc, argv, i), (uid_t)-2);
@@ -279,12 +409,15 @@ static void parse_options(struct options *o, int argc, char **argv)
 {
     int i = 1;
     o->hostname = "jobworker";
+    o->tmpfs_size = DEFAULT_TMPFS_SIZE;
+    o->tmpfs_inodes = DEFAULT_TMPFS_INODES;
     for (; i < argc && strcmp(argv[i], "--") != 0; i++)
         parse_option(o, argc, argv, &i);
     /* Half a user, or namespace options without namespaces, is a mistake
      * of the caller's: refuse it rather than guess. */
     if (o->given_uid != o->given_gid || (o->given_groups && !o->given_uid) ||
-        (o->given_namespace_option && !o->isolate))
+        (o->given_namespace_option && !o->isolate) || o->tmpfs_size == 0 ||
+        o->tmpfs_inodes == 0)
         usage();
     if (argc - i < 3) /* "--", FILE, ARGV0 */
         usage();
@@ -361,24 +494,98 @@ static void join_cgroups(const struct options *o)
     }
 }
 
-static void reset_oom_score(void)
+/* 0 or -1 (errno set). */
+static int write_oom_score(const char *score)
 {
-    /* A job should not be the OOM killer's favourite because the server
-     * was started with a low score, nor protected if it was high. */
     int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (write(fd, "0", 1) < 0) {
-            /* unprivileged servers may not lower it; not fatal */
-        }
-        close(fd);
-    }
+    if (fd < 0)
+        return -1;
+    ssize_t n = write(fd, score, strlen(score));
+    int error = errno;
+    close(fd);
+    errno = error;
+    return n == (ssize_t)strlen(score) ? 0 : -1;
 }
 
-static void must_mount(const char *source, const char *target, const char *type,
-                       unsigned long flags)
+static void set_oom_score(const struct options *o)
 {
-    if (mount(source, target, type, flags, NULL) < 0)
-        fail("mount", errno);
+    /* An isolated job's init is never the OOM killer's choice: the command
+     * is (see confine_command). Lowering a score takes CAP_SYS_RESOURCE,
+     * which some hosts' root lacks (EACCES): the init then keeps the
+     * server's score, and is still far smaller than any command. A plain
+     * job should not be the OOM killer's favourite because the server was
+     * started with a low score, nor protected if it was high; an
+     * unprivileged server may not lower it: not fatal. */
+    if (o->isolate && write_oom_score("-1000") < 0 && errno != EACCES)
+        fail("oom", errno);
+    if (!o->isolate)
+        (void)write_oom_score("0");
+}
+
+/* The job's view (see "View" above) */
+
+static void mount_or_fail(const char *stage, const char *source,
+                          const char *target, const char *type,
+                          unsigned long flags, const char *data)
+{
+    if (mount(source, target, type, flags, data) < 0)
+        fail(stage, errno);
+}
+
+static int set_mount_attributes(int dirfd, const char *path, unsigned int flags,
+                                uint64_t set, uint64_t clear)
+{
+    struct mount_attributes attributes = {.attr_set = set, .attr_clr = clear};
+    return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attributes,
+                        sizeof attributes);
+}
+
+/* An O_PATH descriptor of PATH with no symlink anywhere on the way: the
+ * server passes real paths, so a symlink there now is not the server's. */
+static int open_real_path(const char *path)
+{
+    struct resolution how = {.flags = O_PATH | O_CLOEXEC,
+                             .resolve = RESOLVE_NO_SYMLINKS};
+    return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+}
+
+static void mask(const char *path)
+{
+    int fd = open_real_path(path);
+    if (fd < 0 && errno == ENOENT)
+        return; /* nothing to hide */
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0)
+        fail("mask", errno);
+    /* Mounted on what was opened, not on a path looked up again. */
+    char target[32];
+    snprintf(target, sizeof target, "/proc/self/fd/%d", fd);
+    if (S_ISDIR(st.st_mode))
+        mount_or_fail("mask", "tmpfs", target, "tmpfs",
+                      MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      "mode=000,size=4k,nr_inodes=1");
+    else
+        mount_or_fail("mask", "/dev/null", target, NULL, MS_BIND, NULL);
+    close(fd);
+}
+
+static void make_writable(const char *path)
+{
+    /* A copy of the (read-only) tree at PATH, its top mount writable, put
+     * over PATH: all by descriptor, nothing looked up twice. */
+    int fd = open_real_path(path);
+    if (fd < 0)
+        fail("writable", errno);
+    int tree = (int)syscall(SYS_open_tree, fd, "",
+                            AT_EMPTY_PATH | AT_RECURSIVE | OPEN_TREE_CLONE |
+                                O_CLOEXEC);
+    if (tree < 0 ||
+        set_mount_attributes(tree, "", AT_EMPTY_PATH, 0, MOUNT_ATTR_RDONLY) < 0 ||
+        syscall(SYS_move_mount, tree, "", fd, "",
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+        fail("writable", errno);
+    close(tree);
+    close(fd);
 }
 
 static void replace_mount(const char *type, const char *target)
@@ -390,29 +597,114 @@ static void replace_mount(const char *type, const char *target)
      * mounted there. The new one shows the namespaces of its mounter. */
     if (umount2(target, MNT_DETACH) < 0 && errno != EINVAL)
         fail("mount", errno);
-    must_mount(type, target, type, MS_NOSUID | MS_NODEV | MS_NOEXEC);
+    mount_or_fail("mount", type, target, type, MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  NULL);
 }
 
 static void read_only(const char *target)
 {
     /* Per mount, not per superblock, which may be the host's own. */
-    must_mount(NULL, target, NULL,
-               MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV |
-                   MS_NOEXEC);
+    mount_or_fail("mount", NULL, target, NULL,
+                  MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV |
+                      MS_NOEXEC,
+                  NULL);
 }
 
 static void mount_own_views(void)
 {
-    /* Private first: with shared propagation, the mounts below would
-     * appear on the host too. */
-    must_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE);
     replace_mount("proc", "/proc");
     replace_mount("sysfs", "/sys");
     /* Most kernel settings are the host's whatever the namespaces: a job
      * running as root must not change them. */
-    must_mount("/proc/sys", "/proc/sys", NULL, MS_BIND | MS_REC);
+    mount_or_fail("mount", "/proc/sys", "/proc/sys", NULL, MS_BIND | MS_REC,
+                  NULL);
     read_only("/proc/sys");
     read_only("/sys");
+}
+
+/* A tmpfs of the job's own on TARGET (skipped where the host has no such
+ * directory); its pages are charged to the job's memory cgroup. */
+static void private_tmpfs(const struct options *o, const char *stage,
+                          const char *target, const char *mode)
+{
+    char data[96];
+    snprintf(data, sizeof data, "mode=%s,size=%llu,nr_inodes=%lu", mode,
+             o->tmpfs_size, o->tmpfs_inodes);
+    if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0 &&
+        errno != ENOENT)
+        fail(stage, errno);
+}
+
+static void mount_private_tmpfs(const struct options *o)
+{
+    private_tmpfs(o, "tmpfs", "/tmp", "1777");
+    private_tmpfs(o, "tmpfs", "/var/tmp", "1777");
+    private_tmpfs(o, "tmpfs", "/run", "0755");
+    /* In the new /run (ENOENT: the host has none, nor do we). */
+    if (mkdir("/run/lock", 0755) < 0 && errno != ENOENT)
+        fail("tmpfs", errno);
+    private_tmpfs(o, "tmpfs", "/run/lock", "1777");
+}
+
+static void mount_own_dev(const struct options *o)
+{
+    /* Made with mknod rather than bound from the host's /dev: one call
+     * each and no mount each (we are root, bubblewrap need not be). */
+    static const struct {
+        const char *path;
+        unsigned int major, minor;
+    } nodes[] = {{"/dev/null", 1, 3},   {"/dev/zero", 1, 5},
+                 {"/dev/full", 1, 7},   {"/dev/random", 1, 8},
+                 {"/dev/urandom", 1, 9}, {"/dev/tty", 5, 0}};
+    static const char *const links[][2] = {
+        {"/proc/self/fd", "/dev/fd"},     {"/proc/self/fd/0", "/dev/stdin"},
+        {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"},
+        {"pts/ptmx", "/dev/ptmx"}};
+    /* Over the host's /dev, not in its place: a detach would cost a wait for
+     * an RCU grace period (~0.15 ms), and nothing covered can be reached.
+     * Not nodev, unlike the rest: the nodes are here. */
+    mount_or_fail("dev", "tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
+                  "mode=0755,size=64k,nr_inodes=64");
+    for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++)
+        if (mknod(nodes[k].path, S_IFCHR | 0666,
+                  makedev(nodes[k].major, nodes[k].minor)) < 0)
+            fail("dev", errno);
+    for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
+        if (symlink(links[k][0], links[k][1]) < 0)
+            fail("dev", errno);
+    if (mkdir("/dev/pts", 0755) < 0 || mkdir("/dev/shm", 0755) < 0)
+        fail("dev", errno);
+    mount_or_fail("dev", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                  "newinstance,ptmxmode=0666,mode=0620");
+    private_tmpfs(o, "dev", "/dev/shm", "1777");
+    if (set_mount_attributes(AT_FDCWD, "/dev", 0, MOUNT_ATTR_RDONLY, 0) < 0)
+        fail("dev", errno);
+}
+
+static void build_view(const struct options *o)
+{
+    mode_t umask_before = umask(0); /* the modes below are meant as written */
+    /* Private first: with shared propagation, the mounts below would
+     * appear on the host too. */
+    mount_or_fail("mount", NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
+    /* Masks before the read-only step, which then covers them too, and
+     * while the host's /dev/null is still there. */
+    for (int k = 0; k < o->nmasks; k++)
+        mask(o->masks[k]);
+    /* nosuid changes nothing the command's no_new_privs does not already;
+     * nodev: no device works but those of the job's own /dev (7). */
+    if (set_mount_attributes(AT_FDCWD, "/", AT_RECURSIVE,
+                             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
+                                 MOUNT_ATTR_NODEV,
+                             0) < 0)
+        fail("readonly", errno);
+    /* Looked up before the private mounts below cover the host's paths. */
+    for (int k = 0; k < o->nwritable; k++)
+        make_writable(o->writable[k]);
+    mount_own_views();
+    mount_private_tmpfs(o);
+    mount_own_dev(o);
+    umask(umask_before);
 }
 
 static void bring_lo_up(void)
@@ -435,12 +727,14 @@ static void isolate(const struct options *o)
 {
     if (getpid() != 1)
         fail("pidns", EINVAL);
-    int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+    /* The cgroup namespace after the cgroups are joined: the job's own is
+     * its root, "/" in /proc/self/cgroup. */
+    int flags = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWCGROUP;
     if (!o->host_network)
         flags |= CLONE_NEWNET;
     if (unshare(flags) < 0)
         fail("unshare", errno);
-    mount_own_views();
+    build_view(o);
     if (sethostname(o->hostname, strlen(o->hostname)) < 0)
         fail("hostname", errno);
     if (!o->host_network)
@@ -520,11 +814,44 @@ static void load_seccomp_filter(const struct options *o)
         fail("seccomp", errno);
 }
 
+/* An isolated command's OOM score and limits (see "Command" above), set
+ * as root: the score 0 is also the floor the job cannot go below. No limit
+ * goes above the server's own hard limit: raising one would take
+ * CAP_SYS_RESOURCE, and a host that set it lower meant it. */
+static void confine_command(void)
+{
+    static const struct {
+        int resource;
+        rlim_t soft, hard;
+    } limits[] = {{RLIMIT_NOFILE, NOFILE_SOFT, NOFILE_HARD},
+                  {RLIMIT_CORE, 0, 0},
+                  {RLIMIT_NPROC, NPROC_LIMIT, NPROC_LIMIT}};
+    if (write_oom_score("0") < 0)
+        fail("oom", errno);
+    for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++) {
+        struct rlimit limit;
+        if (getrlimit(limits[k].resource, &limit) < 0)
+            fail("rlimit", errno);
+        if (limit.rlim_max > limits[k].hard)
+            limit.rlim_max = limits[k].hard;
+        limit.rlim_cur = limits[k].soft < limit.rlim_max ? limits[k].soft
+                                                          : limit.rlim_max;
+        if (setrlimit(limits[k].resource, &limit) < 0)
+            fail("rlimit", errno);
+    }
+}
+
+/* The command's last steps: after these only its execve. A system call
+ * filter, if any, loads right before exec_file: once privileges are gone
+ * (no_new_privs lets it), and after every call of the setup. */
 static void exec_command(const struct options *o)
 {
+    if (o->isolate)
+        confine_command();
     if (o->given_uid)
         drop_privileges(o);
-    if (o->cwd != NULL && chdir(o->cwd) < 0)
+    const char *cwd = o->cwd ? o->cwd : o->isolate ? "/tmp" : "/";
+    if (chdir(cwd) < 0)
         fail("chdir", errno);
 
     /* posix_spawn reset ignored signals; init blocked the rest: unblock. */
@@ -682,7 +1009,7 @@ int main(int argc, char **argv)
      * command stays in it, under init too. */
     if (setsid() < 0)
         fail("setsid", errno);
-    reset_oom_score();
+    set_oom_score(&o);
 
     if (o.isolate)
         isolate(&o);

@@ -18,7 +18,11 @@ The helper reports on a fourth pipe (child fd 3): a failed setup or exec comes
 as an ``error`` line. A plain job's successful exec closes the pipe silently.
 An isolated job's helper is PID 1 of the job's PID namespace (made here, just
 around the spawn) and stays as its init: it says ``running`` once the command
-is exec'd, and ``exit N`` or ``signal N`` when the command ends.
+is exec'd, and ``exit N`` or ``signal N`` when the command ends. It also
+builds the job's view of the filesystem ("View" in exec.c): the host's files
+read-only, private ``/tmp``, ``/var/tmp``, ``/run`` and ``/dev/shm``, a
+minimal ``/dev``, and the request's ``masks`` hidden, its ``writable``
+paths writable.
 
 An isolated job's system calls are filtered (``jobworker.linux.seccomp``):
 the launcher is given the server's compiled filter, whose memfd each helper
@@ -60,6 +64,13 @@ NETWORK_MODES = ("none", "host")
 # asked for (its variables are data in the go-ahead) or the server has.
 HELPER_ENVIRONMENT: dict[str, str] = {}
 DEFAULT_JOB_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Each private tmpfs of an isolated job, at most: its pages are charged to
+# the job's memory cgroup whatever this says.
+DEFAULT_TMPFS_SIZE = 256 * 1024 * 1024
+DEFAULT_TMPFS_INODES = 65536
+# What an isolated job's helper mounts anew: the host's paths under these
+# are out of the job's sight anyway.
+PRIVATE_MOUNTS = ("/tmp", "/var/tmp", "/run", "/dev", "/proc", "/sys")
 # The most one read() of a job's output pipe takes, and the capacity the
 # pipes are given (the most an unprivileged process could ask for, by
 # default: /proc/sys/fs/pipe-max-size). Twisted's process reader takes 8 KiB
@@ -97,6 +108,15 @@ class LaunchRequest:
     uid: int | None = None
     gid: int | None = None
     groups: tuple[int, ...] = ()
+    # An isolated job's view of the filesystem: each private tmpfs's size in
+    # bytes and inodes; real paths (no symlink on the way) it must not see,
+    # a directory shown empty and a file unreadable (one that does not
+    # exist is skipped, one under PRIVATE_MOUNTS is hidden anyway); and real
+    # paths it may write, where all else is read-only.
+    tmpfs_size: int = DEFAULT_TMPFS_SIZE
+    tmpfs_inodes: int = DEFAULT_TMPFS_INODES
+    masks: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
     # What the helper waits for before it runs the command: the job's
     # environment, each ``NAME=VALUE`` ended by a NUL, and one NUL more. Made
     # here, so that an environment that cannot be sent fails before a spawn.
@@ -111,12 +131,29 @@ class LaunchRequest:
             raise ValueError("uid and gid go together")
         if self.groups and self.uid is None:
             raise ValueError("groups need a uid and gid")
+        _check_view(self)
         entries = []
         for name, value in self.env.items():
             if not name or "=" in name or "\0" in name or "\0" in value:
                 raise ValueError(f"not an environment variable: {name!r}")
             entries.append(f"{name}={value}\0".encode())  # or UnicodeEncodeError
         object.__setattr__(self, "go_ahead", b"".join(entries) + b"\0")
+
+
+def _check_view(request: LaunchRequest) -> None:
+    if not 0 < request.tmpfs_size < 2**64 or not 0 < request.tmpfs_inodes < 2**32:
+        raise ValueError("tmpfs_size and tmpfs_inodes must be positive")
+    for path in (*request.masks, *request.writable):
+        if not path.startswith("/") or os.path.normpath(path) != path or "\0" in path:
+            raise ValueError(f"not a normalized absolute path: {path!r}")
+    for path in request.writable:
+        if path == "/" or under_private_mount(path):
+            raise ValueError(f"cannot be made writable (the job's own): {path!r}")
+
+
+def under_private_mount(path: str) -> bool:
+    """Whether ``path`` is one an isolated job's helper mounts anew, or in one."""
+    return any(path == top or path.startswith(top + "/") for top in PRIVATE_MOUNTS)
 
 
 class Launcher(Protocol):
@@ -155,6 +192,13 @@ class HelperLauncher:
         if request.isolate:
             argv += ["--isolate", "--network", request.network]
             argv += ["--hostname", request.hostname]
+            argv += ["--tmpfs-size", str(request.tmpfs_size)]
+            argv += ["--tmpfs-inodes", str(request.tmpfs_inodes)]
+            for path in request.masks:  # each mask is a mount: skip needless ones
+                if not under_private_mount(path):
+                    argv += ["--mask", path]
+            for path in request.writable:
+                argv += ["--writable", path]
         if request.uid is not None and request.gid is not None:
             argv += ["--uid", str(request.uid), "--gid", str(request.gid)]
             argv += ["--groups", ",".join(str(g) for g in request.groups)]
@@ -316,6 +360,17 @@ def resolve_user(name: str) -> User:
     return User(entry.pw_uid, entry.pw_gid, tuple(dict.fromkeys(groups)))
 
 
+# What the helper's stages of an isolated job's setup concern, for messages;
+# another stage is about the command.
+STAGE_SUBJECTS = {
+    "oom": "oom_score_adj",
+    "readonly": "/",
+    "tmpfs": "/tmp /var/tmp /run /run/lock",
+    "dev": "/dev",
+    "rlimit": "RLIMIT_NOFILE RLIMIT_CORE RLIMIT_NPROC",
+}
+
+
 def describe_launch_error(line: str, request: LaunchRequest) -> str:
     """Turn the helper's ``error <stage> <errno>`` line into a message."""
     parts = line.split()
@@ -323,13 +378,17 @@ def describe_launch_error(line: str, request: LaunchRequest) -> str:
         stage, number = parts[1], int(parts[2])
     except (IndexError, ValueError):
         return f"launch failed: {line.strip()}"
-    subject = request.argv[0]
-    if stage == "chdir" and request.cwd:
-        subject = request.cwd
+    subject = STAGE_SUBJECTS.get(stage, request.argv[0])
+    if stage == "chdir":
+        subject = request.cwd or ("/tmp" if request.isolate else "/")
     elif stage == "cgroup" and request.cgroup_procs:
         subject = " ".join(request.cgroup_procs)
     elif stage == "seccomp":
         subject = "system call filter"
+    elif stage == "mask" and request.masks:
+        subject = " ".join(request.masks)
+    elif stage == "writable" and request.writable:
+        subject = " ".join(request.writable)
     return describe_os_error(stage, subject, number)
 
 

@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import ssl
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from jobworker.jobs.spec import Limits
 from jobworker.pki import write_dev_pki
 from jobworker.tls import client_tls_policy, server_tls_options
 from jobworker.wire import Stream
+from tests.host_dirs import visible_tempdir
 from tests.stalled_reader import ask_then_stop_reading
 
 reactor: Any = global_reactor
@@ -409,8 +409,7 @@ async def test_unknown_paths_and_methods(
 async def test_long_poll_receives_later_bytes(server: Server) -> None:
     """A long-poll begun before the job writes receives the bytes when they come."""
     # Jobs run as nobody: the flag must be somewhere nobody can look.
-    shared = Path(tempfile.mkdtemp())
-    shared.chmod(0o755)
+    shared = visible_tempdir("jobworker-test-")
     flag = shared / "go"
     job = await start(
         server,

@@ -33,6 +33,7 @@ from jobworker.linux import launcher
 from jobworker.linux.build import build, helper_path
 from jobworker.linux.launcher import LaunchRequest, resolve_user
 from jobworker.wire import JobStatus, Stream
+from tests.host_dirs import visible_tempdir
 
 reactor: Any = global_reactor
 NOBODY = resolve_user("nobody").uid
@@ -72,9 +73,8 @@ def helper() -> None:
 
 @pytest.fixture(scope="module")
 def probe() -> Iterator[Path]:
-    """The probe library, in a directory every user may read."""
-    directory = Path(tempfile.mkdtemp(prefix="jobworker-probe-"))
-    directory.chmod(0o755)
+    """The probe library, in a directory every user (and job) may read."""
+    directory = visible_tempdir("jobworker-probe-")
     (directory / "probe.c").write_text(PROBE_SOURCE)
     library = directory / "probe.so"
     subprocess.run(

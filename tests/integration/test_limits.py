@@ -34,8 +34,8 @@ MiB = 1 << 20
 pytestmark = pytest.mark.root
 
 
-def open_manager(data_dir: Path) -> Iterator[JobManager]:
-    m = JobManager(reactor, data_dir, Settings(default_grace=5))
+def open_manager(data_dir: Path, isolate: bool = True) -> Iterator[JobManager]:
+    m = JobManager(reactor, data_dir, Settings(default_grace=5, isolate=isolate))
     m.open()
     assert m.confinement.driver is not None, m.confinement.reason
     yield m
@@ -62,8 +62,10 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def shared_manager(shared_dir: Path) -> Iterator[JobManager]:
-    """A manager whose data directory, and so IO limits' disk, is shared_dir's."""
-    yield from open_manager(shared_dir / "data")
+    """A manager whose data directory, and so IO limits' disk, is shared_dir's;
+    its jobs unisolated, to write there (an isolated job's /tmp is its own,
+    and the cgroup v2 VM has no other disk)."""
+    yield from open_manager(shared_dir / "data", isolate=False)
 
 
 async def run(manager: JobManager, **fields: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,9 +28,13 @@ from jobworker.jobs.output import OffsetOutOfRange
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import InvalidSpec, JobSpec, Limits, parse_job_spec
 from jobworker.wire import JobStatus, Stream
+from tests.host_dirs import visible_tempdir
 
 reactor: Any = global_reactor
 ROOT = os.geteuid() == 0
+# Not sys.executable: the checkout may lie where an isolated job does not see
+# it (its private /tmp).
+PYTHON = "/usr/bin/python3"
 ALL_BYTES = bytes(range(256))
 WRITE_LINES = """
 import sys
@@ -61,6 +66,14 @@ def manager(tmp_path: Path) -> Iterator[JobManager]:
     m = make_manager(tmp_path / "data", default_grace=2)
     yield m
     pytest_twisted.blockon(Deferred.fromCoroutine(m.shutdown()))
+
+
+@pytest.fixture
+def shared_path() -> Iterator[Path]:
+    """A directory jobs see as the test does (isolated, they have their own /tmp)."""
+    path = visible_tempdir("jobworker-test-")
+    yield path
+    shutil.rmtree(path)
 
 
 def session_members(pid: int) -> list[psutil.Process]:
@@ -279,11 +292,11 @@ async def test_environment_is_explicit(manager: JobManager) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_cwd(manager: JobManager, tmp_path: Path) -> None:
+async def test_cwd(manager: JobManager, shared_path: Path) -> None:
     """A job runs in the directory it asked for."""
-    job = await manager.start(spec("/bin/pwd", cwd=str(tmp_path)), "alice")
+    job = await manager.start(spec("/bin/pwd", cwd=str(shared_path)), "alice")
     await manager.wait(job.id)
-    assert (await manager.read_output(job.id)).data == f"{tmp_path}\n".encode()
+    assert (await manager.read_output(job.id)).data == f"{shared_path}\n".encode()
 
 
 @pytest_twisted.ensureDeferred
@@ -302,7 +315,7 @@ async def test_binary_output_round_trips(manager: JobManager) -> None:
         "import sys; "
         "sys.stdout.buffer.write(bytes(range(256)) + b'\\xff\\xfe\\xc3\\x28')"
     )
-    job = await manager.start(spec(sys.executable, "-c", script), "alice")
+    job = await manager.start(spec(PYTHON, "-c", script), "alice")
     await manager.wait(job.id)
     assert (await manager.read_output(job.id, Stream.STDOUT)).data == payload
 
@@ -380,9 +393,11 @@ async def test_unknown_job(manager: JobManager) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_long_poll_gets_later_bytes(manager: JobManager, tmp_path: Path) -> None:
+async def test_long_poll_gets_later_bytes(
+    manager: JobManager, shared_path: Path
+) -> None:
     """A reader waiting at the end receives bytes written after it began waiting."""
-    flag = tmp_path / "go"
+    flag = shared_path / "go"
     job = await manager.start(
         sh(f"echo one; while [ ! -e {flag} ]; do sleep 0.01; done; echo two"), "alice"
     )
@@ -413,7 +428,7 @@ async def test_long_poll_times_out_empty(manager: JobManager) -> None:
 async def test_concurrent_followers_see_identical_bytes(manager: JobManager) -> None:
     """Several readers following from offset 0 each get every byte, in order."""
     job = await manager.start(
-        spec(sys.executable, "-c", WRITE_LINES),
+        spec(PYTHON, "-c", WRITE_LINES),
         "alice",
     )
 
@@ -467,7 +482,7 @@ async def test_default_memory_limit_is_in_the_record_and_enforced(
     try:
         assert m.confinement.driver is not None, m.confinement.reason
         allocate = "b = bytearray(256 << 20); print(len(b))"
-        job = await m.start(spec(sys.executable, "-c", allocate), "alice")
+        job = await m.start(spec(PYTHON, "-c", allocate), "alice")
         assert job.spec.limits == Limits(memory=32 << 20)
         ended = await m.wait(job.id)
         record: Any = m.describe(ended)

@@ -19,7 +19,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from jobworker.jobs.spec import parse_job_spec
 from jobworker.linux.build import build
 from jobworker.pki import write_dev_pki
 from jobworker.wire import JobStatus, Stream
+from tests.host_dirs import visible_tempdir
 
 reactor: Any = global_reactor
 ROOT = Path(__file__).parents[2]
@@ -398,8 +398,7 @@ def test_twistd_refuses_another_users_data_directory(tmp_path: Path) -> None:
 def open_parent() -> Iterator[Path]:
     """A directory every user may enter: only the data directory's own mode
     then keeps a job out of it."""
-    parent = Path(tempfile.mkdtemp(prefix="jobworker-test-"))
-    parent.chmod(0o755)
+    parent = visible_tempdir("jobworker-test-")
     yield parent
     shutil.rmtree(parent)
 

@@ -216,6 +216,7 @@ def test_helper_argv_every_field() -> None:
         *("/h", "--status-fd", "3"),
         *("--cgroup-procs", "/a/cgroup.procs", "--cgroup-procs", "/b/cgroup.procs"),
         *("--isolate", "--network", "host", "--hostname", "box"),
+        *("--tmpfs-size", str(256 << 20), "--tmpfs-inodes", "65536"),
         *("--uid", "65534", "--gid", "65533", "--groups", "1,2"),
         *("--cwd", "/tmp", "--", "/bin/true", "true"),
     ]

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from jobworker.http.settings import ApiSettings
 from jobworker.jobs.spec import IOLimits, Limits
 from jobworker.pki import write_dev_pki
 from jobworker.tap import TIMEOUTS, Options, default_limits
+from tests.host_dirs import visible_tempdir
 
 ROOT = Path(__file__).parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -205,9 +205,8 @@ def running_server(
 
 def test_job_path_is_the_path_of_jobs(certs: Path, tmp_path: Path) -> None:
     """--job-path is where a job that sets no PATH finds a bare command name."""
-    tools = Path(tempfile.mkdtemp(prefix="jobworker-tools-"))
+    tools = visible_tempdir("jobworker-tools-")
     try:
-        tools.chmod(0o755)
         (tools / "tool").write_text("#!/bin/sh\necho from the job path\n")
         (tools / "tool").chmod(0o755)
         with serving(certs, tmp_path / "data", "--job-path", str(tools)) as (_, url):
