@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest_twisted
 import treq
 from twisted.internet.defer import Deferred
 
+from tests.host_dirs import visible_tempdir
 from tests.integration import test_api
 from tests.integration.test_api import Server, call, reactor, sleep, start
 
@@ -71,9 +71,9 @@ class Gates:
 
 @pytest.fixture
 def gates() -> Iterator[Gates]:
-    # Jobs run as nobody: not under pytest's tmp_path, which only root may enter.
-    directory = Path(tempfile.mkdtemp())
-    directory.chmod(0o755)
+    # Jobs run as nobody: not under pytest's tmp_path, which only root may
+    # enter, nor under /tmp, which an isolated job has its own of.
+    directory = visible_tempdir("gates-")
     yield Gates(directory)
     shutil.rmtree(directory)
 
