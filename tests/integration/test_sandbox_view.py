@@ -584,9 +584,10 @@ async def test_oom_scores(manager: JobManager) -> None:
     is -1000 (where root may lower scores: CAP_SYS_RESOURCE), else ours."""
     job = await started(
         manager,
-        "cat /proc/self/oom_score_adj;"
-        " echo -1 2>/dev/null > /proc/self/oom_score_adj || echo refused;"
-        " exec sleep 1000",
+        # Both lines in one write: the first output is the whole answer.
+        "{ cat /proc/self/oom_score_adj;"
+        " echo -1 2>/dev/null > /proc/self/oom_score_adj || echo refused; }"
+        " > /tmp/scores; cat /tmp/scores; exec sleep 1000",
     )
     init = Path(f"/proc/{job.pid}/oom_score_adj").read_text()
     ours = Path("/proc/self/oom_score_adj").read_text()
