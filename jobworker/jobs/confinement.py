@@ -230,6 +230,22 @@ class Confinement:
             raise
         return JobConfinement(cgroup, self._clock)
 
+    def kill_lost(self, job_id: str) -> int | None:
+        """
+        At start-up, what is left of a job lost with the server, killed
+        through its cgroup: every process of the job is in it, whatever the
+        PIDs on record say now. How many there were; None where the job has
+        no cgroup left. Raises ``CgroupError``; ``reclaim`` removes it later.
+        """
+        if self.driver is None or job_id not in self.driver.leftovers():
+            return None
+        cgroup = self.driver.open(job_id)
+        members = cgroup.pids()
+        # Not sure to have reached all (a freezer still freezing): removal
+        # kills again, as often as it tries.
+        cgroup.kill_all()
+        return len(members)
+
     def reclaim(self, job_ids: Container[str]) -> int:
         """
         At start-up, before any job starts: kill what is left in the job

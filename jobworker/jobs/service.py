@@ -40,6 +40,7 @@ from jobworker.jobs.observer import with_deadline
 from jobworker.jobs.output import OutputLog
 from jobworker.jobs.record import Job, new_job_id, utc_now
 from jobworker.jobs.records import Records
+from jobworker.jobs.recovery import recover_lost
 from jobworker.jobs.running import JobBounds, RunningJob
 from jobworker.jobs.spec import JobSpec, Limits, checked_spec
 from jobworker.jobs.store import JobStore
@@ -50,7 +51,6 @@ from jobworker.linux.launcher import (
     HelperLauncher,
     Launcher,
 )
-from jobworker.linux.proc import kill_session
 from jobworker.linux.seccomp import job_syscall_filter
 from jobworker.wire import JobStatus, OutputChunk, Stream
 
@@ -178,16 +178,10 @@ class JobManager(Service):
         self.confinement.reclaim(store.ids())
 
     def _recover(self, job: Job) -> None:
-        killed = kill_session(job.pid, job.pid_start_time)
-        lost = job.evolve(
-            status=JobStatus.LOST,
-            ended_at=utc_now(),
-            error="the server stopped while the job was running",
-        )
+        lost, killed = recover_lost(job, self.confinement)
         self.records.save(lost)
         self.log.warn(
-            "job {job_id} was running when the server stopped: marked lost,"
-            " {killed} leftover processes killed",
+            "job {job_id} was running when the server stopped: marked lost; {killed}",
             job_id=job.id,
             killed=killed,
         )

@@ -1,6 +1,7 @@
 """
 What the server reads of other processes in ``/proc``: one parser of
-``/proc/PID/stat``, and the sweep that ends a lost job's session.
+``/proc/PID/stat``, and the sweep that ends a lost job's session, only
+where its leader is provably the job's still.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
+
+from jobworker.linux.cgroups.members import signal_members
 
 
 @dataclass(frozen=True)
@@ -57,27 +60,45 @@ def process_start_time(pid: int) -> int | None:
     return None if stat is None else stat.start_time
 
 
-def kill_session(pid: int | None, start_time: int | None) -> int:
+class NotTheLeader(Exception):
     """
-    SIGKILL every process of the session ``pid`` led, if that is still the
-    session of the job (the start time tells it from a reused number).
-    Returns how many were signalled.
+    The process a lost job's record names is not there any more: its PID is
+    free, or another process's now. Its number says nothing of the job then.
     """
-    if not pid:
-        return 0
-    killed = 0
+
+
+def session_members(session: int) -> set[int]:
+    """The processes, zombies too, whose session is ``session``."""
+    members = set()
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        other = int(entry)
-        stat = read_stat(other)
-        if stat is None or stat.session != pid:
-            continue
-        if start_time is not None and stat.start_time < start_time:
-            continue
-        try:
-            os.kill(other, signal.SIGKILL)
-            killed += 1
-        except ProcessLookupError:
-            pass
-    return killed
+        if entry.isdigit():
+            stat = read_stat(int(entry))
+            if stat is not None and stat.session == session:
+                members.add(int(entry))
+    return members
+
+
+def kill_session(pid: int, start_time: int) -> int:
+    """
+    SIGKILL every process of the session ``pid`` leads, the leader too, if
+    ``pid`` is still the process that started at ``start_time`` (clock ticks
+    since boot), exactly; how many were signalled. Otherwise raise
+    ``NotTheLeader`` and kill nothing: the number may lead someone else's
+    session now.
+
+    While any process of a session lives, the kernel gives no new process
+    its number: a leader found alive makes every member the job's.
+    """
+    stat = read_stat(pid)
+    if stat is None:
+        raise NotTheLeader(f"pid {pid} is gone")
+    if stat.start_time != start_time:
+        raise NotTheLeader(
+            f"pid {pid} is another process now (it started at tick"
+            f" {stat.start_time}, the job's leader at {start_time})"
+        )
+    if stat.session != pid:
+        raise NotTheLeader(f"pid {pid} leads no session")
+    # Pinned with pidfds first: a member that ends meanwhile and whose number
+    # is taken again is never hit.
+    return signal_members(lambda: session_members(pid), signal.SIGKILL)

@@ -1,6 +1,6 @@
 """
 Reading real processes' ``/proc/PID/stat``, and ending a lost job's session:
-every process of it, and nothing of a session older than the job.
+every process of it, and nothing where its leader is not exactly the job's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from jobworker.linux.proc import kill_session, process_start_time, session_of
+from jobworker.linux.proc import (
+    NotTheLeader,
+    kill_session,
+    process_start_time,
+    session_of,
+)
 
 # Above the kernel's maximum PID (2**22): no process can have it.
 NO_SUCH_PID = 1 << 30
@@ -82,7 +87,9 @@ def test_name_with_spaces_and_parentheses(tmp_path: Path) -> None:
 def test_kill_session(session: subprocess.Popen[bytes]) -> None:
     """Every process of the job's session is killed, its leader too."""
     assert len(members(session.pid)) == 3
-    assert kill_session(session.pid, process_start_time(session.pid)) == 3
+    started = process_start_time(session.pid)
+    assert started is not None
+    assert kill_session(session.pid, started) == 3
     assert session.wait(5) == -signal.SIGKILL
     deadline = time.monotonic() + 5
     while members(session.pid) and time.monotonic() < deadline:
@@ -90,19 +97,36 @@ def test_kill_session(session: subprocess.Popen[bytes]) -> None:
     assert members(session.pid) == []
 
 
-def test_kill_session_spares_an_older_session(
+def test_kill_session_spares_a_reused_pid(
     session: subprocess.Popen[bytes],
 ) -> None:
-    """Processes started before the job cannot be the job's, whatever their
-    session's number: a session led by a reused PID is left alone."""
+    """A leader whose start time is not the one on record, by a tick either
+    way, is another process that took the number: its session is left alone."""
     started = process_start_time(session.pid)
     assert started is not None
-    assert kill_session(session.pid, started + 10**9) == 0
+    for other in (started - 1, started + 1):
+        with pytest.raises(NotTheLeader, match="is another process now"):
+            kill_session(session.pid, other)
     assert session.poll() is None
     assert len(members(session.pid)) == 3
 
 
-def test_kill_session_of_no_job() -> None:
-    """A job that never had a process has no session to end."""
-    assert kill_session(None, None) == 0
-    assert kill_session(0, None) == 0
+def test_kill_session_of_a_process_that_leads_none() -> None:
+    """A process in this test's session, named with its own start time, leads
+    no session: nothing is killed, this test's session least of all."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = process_start_time(child.pid)
+        assert started is not None
+        with pytest.raises(NotTheLeader, match="leads no session"):
+            kill_session(child.pid, started)
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_kill_session_of_a_gone_process() -> None:
+    """A leader that is gone leaves nothing to tell its session by."""
+    with pytest.raises(NotTheLeader, match="is gone"):
+        kill_session(NO_SUCH_PID, 1)
