@@ -30,7 +30,7 @@ from jobworker.auth import Policy, PolicyError
 from jobworker.http.settings import ApiSettings
 from jobworker.http.site import Api
 from jobworker.jobs.datadir import UnsafeDataDirectory, prepare_data_directory
-from jobworker.jobs.errors import IsolationUnavailable
+from jobworker.jobs.errors import IsolationUnavailable, UnisolatedAsRoot
 from jobworker.jobs.schema import SchemaTooNew
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size, show_size
@@ -96,7 +96,15 @@ class Options(usage.Options):
         [
             "no-isolation",
             None,
-            "Run jobs without namespaces (development only; no root needed).",
+            "Run jobs without namespaces (development only; no root needed;"
+            " as root, only with --allow-unisolated-jobs-as-root).",
+        ],
+        [
+            "allow-unisolated-jobs-as-root",
+            None,
+            "With --no-isolation, start as root all the same: jobs then share"
+            " the host's PID namespace, /tmp, /dev and network, each role's"
+            " jobs run as one shared user, and no system call filter applies.",
         ],
     ]
 
@@ -104,6 +112,10 @@ class Options(usage.Options):
         for name in ("cert", "key", "ca"):
             if not self[name]:
                 raise usage.UsageError(f"--{name} is required")
+        if self["allow-unisolated-jobs-as-root"] and not self["no-isolation"]:
+            raise usage.UsageError(
+                "--allow-unisolated-jobs-as-root goes with --no-isolation"
+            )
         if not 0 <= self["port"] < 65536:
             raise usage.UsageError("--port must be from 0 to 65535")
         if self["max-jobs"] < 1:
@@ -163,6 +175,7 @@ STARTUP_ERRORS = (
     TLSConfigError,
     PolicyError,
     IsolationUnavailable,
+    UnisolatedAsRoot,
     SeccompUnavailable,
     UnknownUser,
     UnsafeDataDirectory,
@@ -213,6 +226,14 @@ def exit_saying(error: Exception) -> NoReturn:
 
 def build_service(options: Options) -> IService:
     isolate = not options["no-isolation"]
+    unisolated_root = not isolate and os.geteuid() == 0
+    allow_unisolated_root = options["allow-unisolated-jobs-as-root"]
+    if unisolated_root and not allow_unisolated_root:
+        raise UnisolatedAsRoot(
+            "--no-isolation as root: jobs would share the host's PID namespace,"
+            " /tmp, /dev and network, with no system call filter; pass"
+            " --allow-unisolated-jobs-as-root too if that is meant"
+        )
     tls = server_tls_options(options["cert"], options["key"], options["ca"])
     policy = load_policy(options["policy"])
     # Every job is launched through it: refuse now one that is missing, or
@@ -235,6 +256,7 @@ def build_service(options: Options) -> IService:
             default_grace=options["grace"],
             job_path=options["job-path"],
             isolate=isolate,
+            allow_unisolated_root=allow_unisolated_root,
             default_limits=default_limits(options),
             tmpfs_size=options["tmpfs-size"],
             masked_paths=masked_paths(options, data_dir),
@@ -244,11 +266,14 @@ def build_service(options: Options) -> IService:
     # users up now (an unknown one is a configuration error), not per job.
     if os.geteuid() == 0:
         manager.prepare_users({role.run_as for role in policy.roles.values()})
-    if not isolate:
+    if unisolated_root:
         log.warn(
-            "--no-isolation: jobs run without namespaces, as {user}",
-            user="their roles' run_as users" if os.geteuid() == 0 else "this user",
+            "--no-isolation as root: jobs share the host's PID namespace, /tmp,"
+            " /dev and network, each role's jobs run as its one run_as user,"
+            " and no system call filter applies"
         )
+    elif not isolate:
+        log.warn("--no-isolation: jobs run without namespaces, as this user")
     raise_open_files_limit()
     api = Api(
         manager,

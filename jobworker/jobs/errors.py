@@ -36,6 +36,10 @@ class IsolationUnavailable(JobError):
     """This host or process cannot isolate jobs as the settings ask."""
 
 
+class UnisolatedAsRoot(JobError):
+    """Unisolated jobs asked of a root server that has not said it means it."""
+
+
 class StorageFull(JobError):
     """The data directory's disk has no room for a new job."""
 

@@ -34,6 +34,7 @@ from jobworker.jobs.errors import (
     ShuttingDown,
     StorageFull,
     TooManyJobs,
+    UnisolatedAsRoot,
 )
 from jobworker.jobs.launching import LaunchPlanner
 from jobworker.jobs.observer import with_deadline
@@ -85,6 +86,9 @@ class Settings:
     # Each job in new PID, mount, UTS, IPC and network namespaces (needs
     # root). Without it jobs share the host's view: for development only.
     isolate: bool = True
+    # Unisolated jobs of a root server share the host's PID namespace, /tmp,
+    # /dev and network, one user a role, no system call filter: only if set.
+    allow_unisolated_root: bool = False
     # Space on the data directory's disk that job output may not use: it is
     # kept for the job records (see jobworker.jobs.diskspace).
     disk_reserve: int = 64 * MiB
@@ -153,6 +157,13 @@ class JobManager(Service):
             raise IsolationUnavailable(
                 "isolating jobs in namespaces needs root; run as root, or turn"
                 " isolation off (development only)"
+            )
+        unisolated_root = not self.settings.isolate and os.geteuid() == 0
+        if unisolated_root and not self.settings.allow_unisolated_root:
+            raise UnisolatedAsRoot(
+                "unisolated jobs of a root server share the host's PID namespace,"
+                " /tmp, /dev and network, with no system call filter: refused"
+                " unless allow_unisolated_root is set"
             )
         # Private to the server: records hold jobs' environments. From here
         # on, its real path: no piece of it can be swapped any more.

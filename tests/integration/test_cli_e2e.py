@@ -3,8 +3,9 @@ The real ``jobworker-client`` executable against a real server over mutual
 TLS: ``twistd jobworker`` in a subprocess for most tests, and an in-process
 server whose first follow stream is cut mid-way for the resumption test.
 
-Jobs run without isolation (``--no-isolation``) so that these tests need no
-root; isolation has its own tests.
+Jobs run without isolation (``--no-isolation``, and as root
+``--allow-unisolated-jobs-as-root``) so that these tests need no root;
+isolation has its own tests.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def server(
          "--cert", str(dev_pki.server.cert), "--key", str(dev_pki.server.key),
          "--ca", str(dev_pki.ca), "--policy", str(POLICY),
          "--data-dir", str(data), "--port", str(port), "--grace", "2",
-         "--no-isolation"],
+         "--no-isolation", "--allow-unisolated-jobs-as-root"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -340,7 +341,9 @@ async def test_follow_survives_the_server_closing_the_connection(
 ) -> None:
     """run's output is whole and in order though its stream was cut once."""
     manager = JobManager(
-        reactor, tmp_path / "data", Settings(isolate=False, default_grace=2)
+        reactor,
+        tmp_path / "data",
+        Settings(isolate=False, allow_unisolated_root=True, default_grace=2),
     )
     manager.open()
     api = Api(manager, Policy.from_toml(POLICY))

@@ -250,7 +250,11 @@ def make_manager(tmp_path: Path, managers: list[JobManager]) -> Any:
 
     def make(isolate: bool) -> JobManager:
         data = tmp_path / f"data{len(managers)}"
-        manager = JobManager(reactor, data, Settings(isolate=isolate, default_grace=2))
+        manager = JobManager(
+            reactor,
+            data,
+            Settings(isolate=isolate, allow_unisolated_root=True, default_grace=2),
+        )
         manager.open()
         managers.append(manager)
         return manager

@@ -126,7 +126,9 @@ def make(tmp_path: Path) -> Iterator[Any]:
         manager = JobManager(
             reactor,
             tmp_path / f"data{len(made)}",
-            Settings(isolate=isolate, default_grace=2, **settings),
+            Settings(
+                isolate=isolate, allow_unisolated_root=True, default_grace=2, **settings
+            ),
         )
         manager.open()
         made.append(Hostile(manager, isolate))

@@ -35,7 +35,11 @@ pytestmark = pytest.mark.root
 
 
 def open_manager(data_dir: Path, isolate: bool = True) -> Iterator[JobManager]:
-    m = JobManager(reactor, data_dir, Settings(default_grace=5, isolate=isolate))
+    m = JobManager(
+        reactor,
+        data_dir,
+        Settings(default_grace=5, isolate=isolate, allow_unisolated_root=True),
+    )
     m.open()
     assert m.confinement.driver is not None, m.confinement.reason
     yield m

@@ -56,6 +56,7 @@ def make_manager(data_dir: Path, **settings: Any) -> JobManager:
     # Isolated where it can be (as root, and so in CI), else plain: the
     # library behaves the same either way.
     settings.setdefault("isolate", ROOT)
+    settings.setdefault("allow_unisolated_root", True)
     manager = JobManager(reactor, data_dir, Settings(**settings))
     manager.open()
     return manager

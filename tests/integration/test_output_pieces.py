@@ -51,7 +51,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[JobManager]:
-    manager = JobManager(reactor, tmp_path / "data", Settings(isolate=False))
+    manager = JobManager(
+        reactor, tmp_path / "data", Settings(isolate=False, allow_unisolated_root=True)
+    )
     manager.open()
     yield manager
     pytest_twisted.blockon(Deferred.fromCoroutine(manager.shutdown()))

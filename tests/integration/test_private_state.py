@@ -75,7 +75,11 @@ def make_manager(managers: list[JobManager]) -> Any:
     """Managers on a data directory of the test's choosing, shut down after."""
 
     def make(data: Path, isolate: bool = False) -> JobManager:
-        manager = JobManager(reactor, data, Settings(isolate=isolate, default_grace=2))
+        manager = JobManager(
+            reactor,
+            data,
+            Settings(isolate=isolate, allow_unisolated_root=True, default_grace=2),
+        )
         manager.open()
         managers.append(manager)
         return manager

@@ -523,7 +523,7 @@ async def test_default_cwd_is_the_private_tmp(manager: JobManager) -> None:
 async def test_plain_default_cwd_is_the_root(make_manager: Any) -> None:
     """Unisolated (development), a job starts in /, not the server's own
     working directory."""
-    m = make_manager(isolate=False, cgroups=False)
+    m = make_manager(isolate=False, allow_unisolated_root=True, cgroups=False)
     ended, out, _ = await run(m, "/bin/pwd", run_as=None)
     assert (ended.exit_code, out) == (0, "/\n")
 
