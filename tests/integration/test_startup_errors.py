@@ -82,3 +82,18 @@ def test_the_command_is_twistd_jobworker(certs: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert b"--default-memory=" in result.stdout
     assert b"--cert=" in result.stdout
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("command", COMMANDS)
+def test_no_isolation_as_root_without_saying_so_is_one_line(
+    certs: Path, tmp_path: Path, command: str
+) -> None:
+    """An operator's --no-isolation on a root server, thinking it the
+    development switch it is elsewhere: refused in one line, nothing made."""
+    data = tmp_path / "data"
+    argv = [*COMMANDS[command], *server_options(certs, data), "--no-isolation"]
+    line = one_line_failure(argv)
+    assert "--allow-unisolated-jobs-as-root" in line
+    assert "PID namespace, /tmp, /dev and network" in line
+    assert not data.exists()

@@ -219,6 +219,24 @@ def test_job_path_is_the_path_of_jobs(certs: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.root
+def test_unisolated_as_root_with_the_flag_serves_and_warns(
+    certs: Path, tmp_path: Path
+) -> None:
+    """An operator who names what they accept gets it, and a warning line
+    that says what it is; a job runs."""
+    unsafe = ("--no-isolation", "--allow-unisolated-jobs-as-root")
+    with serving(certs, tmp_path / "data", *unsafe) as (server, url):
+        started = curl(certs, url + "/v1/jobs", "-d", '{"command": "/bin/true"}')
+        assert json.loads(started.stdout)["status"] == "running", started
+        server.kill()
+        output, _ = server.communicate(timeout=30)
+    warnings = [line for line in output.splitlines() if b"--no-isolation" in line]
+    assert len(warnings) == 1, output.decode()
+    assert b"share the host's PID namespace, /tmp, /dev and network" in warnings[0]
+    assert b"no system call filter applies" in warnings[0]
+
+
+@pytest.mark.root
 def test_sigterm_stops_jobs_and_exits_zero(
     certs: Path, running_server: tuple[subprocess.Popen[bytes], str]
 ) -> None:
