@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         ShuttingDown,
         StorageFull,
         TooManyJobs,
+        UnisolatedAsRoot,
     )
     from jobworker.jobs.record import Job, Usage
     from jobworker.jobs.service import JobManager, Settings
@@ -62,6 +63,7 @@ _HOMES = {
     "StorageFull": "jobworker.jobs.errors",
     "Stream": "jobworker.wire",
     "TooManyJobs": "jobworker.jobs.errors",
+    "UnisolatedAsRoot": "jobworker.jobs.errors",
     "Usage": "jobworker.jobs.record",
 }
 
@@ -87,6 +89,7 @@ __all__ = [
     "StorageFull",
     "Stream",
     "TooManyJobs",
+    "UnisolatedAsRoot",
     "Usage",
 ]
 

@@ -2,7 +2,8 @@
 ``twistd jobworker``: command-line options and the service they make.
 
 A start-up failure (a bad certificate, key or policy file, a missing or
-unsafe launch helper, a database from a newer version, a port in use) is
+unsafe launch helper, a database from a newer version, a port in use,
+``--no-isolation`` as root without ``--allow-unisolated-jobs-as-root``) is
 one clear line on stderr and a non-zero exit, not a traceback. SIGTERM
 (twistd's stop) stops listening first, then stops every job with its grace
 period, answers open long-polls and closes the database.
