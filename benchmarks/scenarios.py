@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks import jobs, load
 from benchmarks.client import Connection
+from benchmarks.helper_setup import helper_setup
 from benchmarks.report import Figure
 from benchmarks.server import Server, Workspace
 
@@ -620,6 +621,7 @@ def sustained_load(bench: Bench) -> list[Figure]:
 
 SCENARIOS: dict[str, Callable[[Bench], list[Figure]]] = {
     "floor": floor,
+    "helper-setup": helper_setup,
     "start-latency": start_latency,
     "start-throughput": start_throughput,
     "follow-latency": follow_latency,
