@@ -588,14 +588,17 @@ static void make_writable(const char *path)
     close(fd);
 }
 
-static void replace_mount(const char *type, const char *target)
+static void replace_mount(const char *type, const char *target, int detach)
 {
-    /* Detached, not merely covered: the host's view and what is mounted
-     * under it (cgroupfs, debugfs...) leave the job's mount namespace, and
-     * the kernel refuses to mount a superblock (the host's sysfs, when the
-     * job keeps the host's network) on top of itself. EINVAL: nothing was
-     * mounted there. The new one shows the namespaces of its mounter. */
-    if (umount2(target, MNT_DETACH) < 0 && errno != EINVAL)
+    /* A fresh one over the host's: the job's PID namespace has a proc of
+     * its own, its network namespace a sysfs of its own. What it covers
+     * (the host's, and cgroupfs, debugfs... under it) no job process can
+     * reach: none exists yet, and none may unmount. Detached first only
+     * where the new one is the host's own superblock (sysfs, when the job
+     * keeps the host's network), which the kernel will not mount on top
+     * of itself: a detach waits for an RCU grace period (~0.08 ms).
+     * EINVAL: nothing was mounted there. */
+    if (detach && umount2(target, MNT_DETACH) < 0 && errno != EINVAL)
         fail("mount", errno);
     mount_or_fail("mount", type, target, type, MS_NOSUID | MS_NODEV | MS_NOEXEC,
                   NULL);
@@ -610,10 +613,10 @@ static void read_only(const char *target)
                   NULL);
 }
 
-static void mount_own_views(void)
+static void mount_own_views(const struct options *o)
 {
-    replace_mount("proc", "/proc");
-    replace_mount("sysfs", "/sys");
+    replace_mount("proc", "/proc", 0);
+    replace_mount("sysfs", "/sys", o->host_network);
     /* Most kernel settings are the host's whatever the namespaces: a job
      * running as root must not change them. */
     mount_or_fail("mount", "/proc/sys", "/proc/sys", NULL, MS_BIND | MS_REC,
@@ -701,7 +704,7 @@ static void build_view(const struct options *o)
     /* Looked up before the private mounts below cover the host's paths. */
     for (int k = 0; k < o->nwritable; k++)
         make_writable(o->writable[k]);
-    mount_own_views();
+    mount_own_views(o);
     mount_private_tmpfs(o);
     mount_own_dev(o);
     umask(umask_before);
