@@ -623,6 +623,24 @@ async def test_rlimits_cannot_be_raised(manager: JobManager) -> None:
     }
 
 
+REALTIME = """
+def realtime(policy):
+    os.sched_setscheduler(0, policy, os.sched_param(1))
+    return "realtime"
+print(json.dumps([attempt(realtime, os.SCHED_FIFO), attempt(realtime, os.SCHED_RR)]))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("run_as", ["nobody", None])
+@pytest_twisted.ensureDeferred
+async def test_no_realtime_priority(manager: JobManager, run_as: str | None) -> None:
+    """A realtime process is out of reach of the cpu limit (and would starve
+    the host's own): no job may become one, root in the job neither."""
+    result = await run_python(manager, REALTIME, run_as=run_as)
+    assert result == ["EPERM", "EPERM"]
+
+
 # Sockets of the host
 
 
@@ -635,7 +653,7 @@ HOST_SOCKETS = {
 
 
 @pytest.fixture
-def host_sockets() -> Iterator[dict[str, int]]:
+def host_sockets() -> Iterator[dict[str, socket.SocketKind]]:
     """journald's and D-Bus's sockets on the host: the real ones, or
     stand-ins where the host has none (so that nothing passes for want of
     a socket), which the host can reach."""
@@ -686,7 +704,7 @@ print(json.dumps({
 @pytest.mark.root
 @pytest_twisted.ensureDeferred
 async def test_journald_and_dbus_are_out_of_reach(
-    manager: JobManager, host_sockets: dict[str, int]
+    manager: JobManager, host_sockets: dict[str, socket.SocketKind]
 ) -> None:
     """Logging as the host's services do (journald, /dev/log) or talking to
     the system bus: the sockets are not in the job's view."""
@@ -695,7 +713,7 @@ async def test_journald_and_dbus_are_out_of_reach(
 
 
 @pytest.fixture
-def abstract_sockets() -> Iterator[dict[str, int]]:
+def abstract_sockets() -> Iterator[dict[str, socket.SocketKind]]:
     """Listening abstract sockets in the host's network namespace, as
     X11's, containerd's or a D-Bus session's are: "@name" for each."""
     found = {}
@@ -718,7 +736,7 @@ def abstract_sockets() -> Iterator[dict[str, int]]:
 @pytest.mark.root
 @pytest_twisted.ensureDeferred
 async def test_abstract_sockets_of_the_host_are_out_of_reach(
-    manager: JobManager, abstract_sockets: dict[str, int]
+    manager: JobManager, abstract_sockets: dict[str, socket.SocketKind]
 ) -> None:
     """Abstract Unix sockets belong to a network namespace, not to a file:
     the job's (network "none") has none of the host's."""
