@@ -98,6 +98,7 @@ def sticky_host_dir() -> Iterator[Path]:
     path.mkdir()
     path.chmod(0o1777)
     (path / "nobodys").write_text("before\n")
+    (path / "nobodys").chmod(0o644)
     os.chown(path / "nobodys", NOBODY, NOBODY)
     yield path
     shutil.rmtree(path)
@@ -374,7 +375,8 @@ async def test_a_root_job_cannot_borrow_its_unfiltered_init(
     assert out == "EPERM jobworker\n"
 
 
-# Every process this one may signal, but itself and its namespace's init.
+# kill(-1): every process this one may signal, but itself and its
+# namespace's init.
 KILL_ALL = "print(json.dumps(attempt(os.kill, -1, 9)))"
 
 
