@@ -32,6 +32,7 @@ from jobworker.jobs.service import JobManager
 from jobworker.jobs.spec import parse_job_spec
 from jobworker.linux.libseccomp import Libseccomp
 from jobworker.linux.seccomp import REFUSED
+from jobworker.tap import Options, masked_paths
 from jobworker.wire import JobStatus, Stream
 from tests.conftest import skip_or_fail
 from tests.host_dirs import visible_base
@@ -760,24 +761,25 @@ print(json.dumps([before, attempt(read, sys.argv[2])]))
 
 
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: replacing a masked file on the host unmasks it in running jobs",
-)
 @pytest_twisted.ensureDeferred
 async def test_a_replaced_key_stays_masked(make_manager: Any, outside: Path) -> None:
     """The server's key, replaced on the host while a job runs (a renewal
     writes the new one and renames it into place), stays out of the job's
-    reach: the mask is on the path, not only on the file that was there."""
-    key = outside / "key.pem"
+    reach: the server masks the directory holding its key, whose mask,
+    unlike a file's, outlives a rename into it."""
+    keys = outside / "keys"
+    keys.mkdir(mode=0o755)
+    key = keys / "key.pem"
     key.write_text("old key\n")
     key.chmod(0o644)  # only the mask keeps a job out
     gate = outside / "gate"
     os.mkfifo(gate, 0o644)
-    m = make_manager(masked_paths=(str(key),))
+    options = Options()
+    options.parseOptions(["--cert", "c", "--key", str(key), "--ca", "a"])
+    m = make_manager(masked_paths=masked_paths(options, outside / "data"))
     script = ATTEMPT + ROTATE
     job = await started(m, PYTHON, "-c", script, str(gate), str(key))
-    renewed = outside / "key.pem.new"
+    renewed = keys / "key.pem.new"
     renewed.write_text("new key\n")
     renewed.chmod(0o644)
     renewed.rename(key)
@@ -818,28 +820,36 @@ async def test_no_job_id_is_in_sight(make_manager: Any, outside: Path) -> None:
 FIND_MASKS = """
 mounts = read("/proc/self/mountinfo")
 print(json.dumps([
-    sorted(os.listdir(sys.argv[1])),
-    [path for path in sys.argv[2:] if path in mounts],
+    attempt(os.listdir, sys.argv[1]),
+    [name for name in sys.argv[2:] if name in mounts],
 ]))
 """
 
 
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="leak: each mask is a mount, which /proc/self/mountinfo shows by its"
-    " path, and a masked file keeps its name in its directory",
-)
 @pytest_twisted.ensureDeferred
 async def test_masked_names_are_not_listed(make_manager: Any, outside: Path) -> None:
-    """Where the server keeps its key, certificates, policy and data is
-    nothing a job can list: neither its mounts nor the directory holding
-    them name them."""
-    files = view.write_server_files(outside)
-    masks = (*map(str, files.values()), str(outside / "data"))
+    """What the server keeps beside its key (certificates, policy, client
+    keys) is nothing a job can list or find named in its mounts: the key's
+    directory is masked whole. (That directory's own path, and the data
+    directory's, do show in /proc/self/mountinfo: a mask is a mount.)"""
+    keys = outside / "keys"
+    keys.mkdir(mode=0o755)
+    names = ["server.key", "server.pem", "ca.pem", "policy.toml", "alice.key"]
+    for name in names:
+        (keys / name).write_text(f"contents of {name}\n")
+        (keys / name).chmod(0o644)
+    options = Options()
+    options.parseOptions(
+        [
+            *("--cert", str(keys / "server.pem"), "--key", str(keys / "server.key")),
+            *("--ca", str(keys / "ca.pem"), "--policy", str(keys / "policy.toml")),
+        ]
+    )
+    masks = masked_paths(options, outside / "data")
     m = make_manager(outside / "data", masked_paths=masks)
-    names, mounted = await run_python(m, FIND_MASKS, str(outside), *masks)
-    assert (names, mounted) == ([], [])
+    listed, mounted = await run_python(m, FIND_MASKS, str(keys), *names)
+    assert (listed, mounted) == ("EACCES", [])
 
 
 # What must keep working

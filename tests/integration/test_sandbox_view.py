@@ -435,26 +435,40 @@ async def test_a_symlink_in_a_view_path_fails_to_start(
 
 def test_twistd_masks_its_files_by_their_real_paths(tmp_path: Path) -> None:
     """The server's TLS and policy files and data directory, symlinks
-    resolved, are the masks it gives every job."""
+    resolved, are the masks it gives every job; the directory holding its
+    key is masked whole, with what else is in it."""
     server_files = write_server_files(tmp_path)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = server_files["key.pem"].rename(keys / "key.pem")
+    (keys / "policy.toml").write_text("")
     (tmp_path / "cert-link.pem").symlink_to(server_files["cert.pem"])
     options = Options()
     options.parseOptions(
         [
             *("--cert", str(tmp_path / "cert-link.pem")),
-            *(
-                "--key",
-                str(server_files["key.pem"]),
-                "--ca",
-                str(server_files["ca.pem"]),
-            ),
-            *("--policy", str(server_files["policy.toml"])),
+            *("--key", str(key), "--ca", str(server_files["ca.pem"])),
+            *("--policy", str(keys / "policy.toml")),
         ]
     )
     assert masked_paths(options, tmp_path / "data") == (
-        *(str(server_files[name]) for name in server_files),
+        str(keys.resolve()),
+        str(server_files["cert.pem"].resolve()),
+        str(server_files["ca.pem"].resolve()),
         str(tmp_path.resolve() / "data"),
     )
+
+
+def test_twistd_never_masks_a_shared_directory() -> None:
+    """A key kept in a directory every program uses (/etc) is masked alone:
+    masking /etc would leave a job without its configuration."""
+    options = Options()
+    options.parseOptions(
+        ["--cert", "/etc/c.pem", "--key", "/etc/k.pem", "--ca", "/etc/a.pem"]
+    )
+    masks = masked_paths(options, Path("/var/lib/jobworker"))
+    assert "/etc" not in masks
+    assert os.path.realpath("/etc/k.pem") in masks
 
 
 def test_twistd_tmpfs_size_option() -> None:
