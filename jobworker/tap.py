@@ -38,6 +38,12 @@ from jobworker.jobs.store import StoreUnavailable
 from jobworker.linux.build import HelperMissing, UnsafeHelper, helper_path
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, DEFAULT_TMPFS_SIZE, UnknownUser
 from jobworker.linux.seccomp import SeccompUnavailable
+from jobworker.linux.uids import (
+    InvalidUidRange,
+    UidRange,
+    UnsafeUidDirectory,
+    host_ids,
+)
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()
@@ -58,6 +64,10 @@ PARAMETERS = [
     ["job-path", None, DEFAULT_JOB_PATH, "PATH of a job that sets none."],
     ["tmpfs-size", None, show_size(DEFAULT_TMPFS_SIZE),
      "Size of each of a job's private /tmp, /var/tmp, /run, /dev/shm."],
+    ["job-uid-range", None, str(UidRange()),
+     "Uids (and gids) of jobs whose role names no run_as, one each; the"
+     " default is in what systemd's UIDS-GIDS.md leaves unused: above its"
+     " dynamic users, the usual /etc/subuid blocks and its container range."],
     # The HTTP layer's, defaulting to its settings' (jobworker.http.settings).
     ["max-body", None, show_size(HTTP.max_body), "Largest request body."],
     ["idle-timeout", None, HTTP.idle_timeout,
@@ -165,6 +175,8 @@ STARTUP_ERRORS = (
     IsolationUnavailable,
     SeccompUnavailable,
     UnknownUser,
+    InvalidUidRange,
+    UnsafeUidDirectory,
     UnsafeDataDirectory,
     HelperMissing,
     UnsafeHelper,
@@ -238,12 +250,15 @@ def build_service(options: Options) -> IService:
             default_limits=default_limits(options),
             tmpfs_size=options["tmpfs-size"],
             masked_paths=masked_paths(options, data_dir),
+            job_uids=job_uid_range(options),
         ),
     )
     # Jobs change users where the server is root, isolated or not: look the
     # users up now (an unknown one is a configuration error), not per job.
     if os.geteuid() == 0:
-        manager.prepare_users({role.run_as for role in policy.roles.values()})
+        manager.prepare_users(
+            {role.run_as for role in policy.roles.values() if role.run_as}
+        )
     if not isolate:
         log.warn(
             "--no-isolation: jobs run without namespaces, as {user}",
@@ -304,6 +319,24 @@ def masked_paths(options: Options, data_dir: Path) -> tuple[str, ...]:
     files = [options[name] for name in ("cert", "key", "ca", "policy")]
     paths = [os.path.realpath(f) for f in files if f is not None]
     return tuple(dict.fromkeys([*paths, os.path.realpath(data_dir)]))
+
+
+def job_uid_range(options: Options) -> UidRange:
+    """``--job-uid-range``; a warning for the host's ids in it, then skipped."""
+    try:
+        uids = UidRange.parse(options["job-uid-range"])
+    except InvalidUidRange as e:
+        raise InvalidUidRange(f"--job-uid-range {e}") from None
+    taken = sorted(i for i in host_ids() if i in uids)
+    if taken:
+        log.warn(
+            "--job-uid-range {uids}: /etc/passwd or /etc/group name {count} of"
+            " its ids ({some}); jobs never get those",
+            uids=uids,
+            count=len(taken),
+            some=", ".join(map(str, taken[:5])),
+        )
+    return uids
 
 
 def load_policy(path: str | None) -> Policy:

@@ -124,13 +124,14 @@ class UidReservation:
         unless another holds it (a job's init that outlived its server).
         """
         self.close()
-        fd = _locked(self.path, create=False)
-        if fd is not None:
-            try:
-                if os.fstat(fd).st_nlink > 0:  # none removed it meanwhile
-                    os.unlink(self.path)
-            finally:
-                os.close(fd)
+        with contextlib.suppress(OSError):  # then the file stays: no harm
+            fd = _locked(self.path, create=False)
+            if fd is not None:
+                try:
+                    if os.fstat(fd).st_nlink > 0:  # none removed it meanwhile
+                        os.unlink(self.path)
+                finally:
+                    os.close(fd)
 
 
 class UidPool:
