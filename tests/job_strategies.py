@@ -7,7 +7,6 @@ beyond the edges of SQLite's integers.
 from __future__ import annotations
 
 import dataclasses
-
 from datetime import UTC, datetime
 
 from hypothesis import strategies as st

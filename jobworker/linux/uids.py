@@ -15,8 +15,9 @@ server crashed meanwhile; never before.
 A free uid is chosen from a rotating point in the range, so that a uid is
 not given again at once, and never one the host's ``/etc/passwd`` or
 ``/etc/group`` names. A lock file is removed by whoever holds its lock and
-finds no one else does (``UidReservation.release``), so the directory holds
-about as many files as uids are in use.
+finds no one else does (``UidReservation.release``), and at start-up those
+a crashed server left are removed likewise: the directory holds about as
+many files as uids are in use.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def host_ids(files: tuple[Path, ...] = HOST_ID_FILES) -> frozenset[int]:
 class UidReservation:
     """One uid, held by an open, locked file: ``fd`` is its descriptor."""
 
-    def __init__(self, uid: int, path: Path, fd: int) -> None:
+    def __init__(self, uid: int, path: Path, fd: int | None) -> None:
         self.uid = self.gid = uid
         self.path = path
         self.fd: int | None = fd
@@ -166,6 +167,9 @@ class UidPool:
                 f" of uid {os.geteuid()} that only it may use (mode 0700)"
             )
         self._ready = True
+        for name in os.listdir(self.directory):  # left by servers that died
+            if name.isdigit():
+                UidReservation(int(name), self.directory / name, None).release()
 
     def reserve(self) -> UidReservation:
         """A uid no one else holds, or ``NoFreeUid``."""

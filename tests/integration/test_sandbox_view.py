@@ -162,7 +162,7 @@ async def started(manager: JobManager, script: str) -> Job:
         ("/var/tmp", "nobody"),
         ("/dev/shm", "nobody"),
         ("/run/lock", "nobody"),
-        ("/run", None),  # root's: a job running as root
+        ("/run", "root"),  # root's: a job running as root
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -189,7 +189,7 @@ async def test_nobody_cannot_write_the_jobs_own_run(manager: JobManager) -> None
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("run_as", ["nobody", None])
+@pytest.mark.parametrize("run_as", ["nobody", "root"])
 @pytest.mark.parametrize(
     "where", ["/", "/etc", "/usr/local/bin", "/var/lib", "world-writable"]
 )
@@ -524,7 +524,7 @@ async def test_plain_default_cwd_is_the_root(make_manager: Any) -> None:
     """Unisolated (development), a job starts in /, not the server's own
     working directory."""
     m = make_manager(isolate=False, cgroups=False)
-    ended, out, _ = await run(m, "/bin/pwd", run_as=None)
+    ended, out, _ = await run(m, "/bin/pwd", run_as="root")
     assert (ended.exit_code, out) == (0, "/\n")
 
 

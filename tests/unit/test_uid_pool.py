@@ -346,3 +346,19 @@ def test_a_role_without_run_as_names_no_user() -> None:
     assert policy.roles["r"].run_as is None
     named = Policy.from_toml_text('[roles.r]\nrun_as = "nobody"\n')
     assert named.roles["r"].run_as == "nobody"
+
+
+def test_start_up_removes_the_free_files_a_crashed_server_left(
+    tmp_path: Path, no_host_ids: tuple[Path, ...]
+) -> None:
+    """A free lock file is a dead server's leftover: removed. One held (a
+    job of another server, or an orphan of a dead one) stays, held."""
+    directory = tmp_path / "uids"
+    directory.mkdir(mode=0o700)
+    (directory / str(FIRST)).touch()
+    held = os.open(directory / str(FIRST + 1), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    UidPool(UidRange(FIRST, FIRST + 3), directory, no_host_ids).prepare()
+    assert sorted(os.listdir(directory)) == [str(FIRST + 1)]
+    assert locked_elsewhere(directory / str(FIRST + 1))
+    os.close(held)
