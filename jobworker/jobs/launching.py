@@ -13,6 +13,7 @@ name a new uid in), ``nobody``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from jobworker.linux.launcher import (
     LaunchRequest,
 )
 from jobworker.linux.uids import NoFreeUid, UidPool, UidReservation
-from jobworker.linux.users import PasswdEntry, User, resolve_user
+from jobworker.linux.users import PasswdEntry, UnknownUser, User, resolve_user
 
 # Who a root server that does not isolate runs a job whose role names no one.
 UNISOLATED_USER = "nobody"
@@ -94,6 +95,9 @@ class LaunchPlanner:
             self._users[name] = resolve_user(name)
         if self._isolate:  # and uids of the jobs' own: their lock directory
             self._uids.prepare()
+        else:  # or nobody, for roles that name no one (if any does not)
+            with contextlib.suppress(UnknownUser):
+                self._user(UNISOLATED_USER)
 
     def _user(self, name: str) -> User:
         if name not in self._users:
