@@ -39,6 +39,13 @@ from jobworker.jobs.store import StoreUnavailable
 from jobworker.linux.build import HelperMissing, UnsafeHelper, helper_path
 from jobworker.linux.launcher import DEFAULT_JOB_PATH, DEFAULT_TMPFS_SIZE, UnknownUser
 from jobworker.linux.seccomp import SeccompUnavailable
+from jobworker.linux.uids import (
+    InvalidUidRange,
+    UidRange,
+    UnsafeUidDirectory,
+    host_ids,
+)
+from jobworker.masks import masked_paths
 from jobworker.tls import TLSConfigError, server_tls_options
 
 log = Logger()
@@ -59,6 +66,10 @@ PARAMETERS = [
     ["job-path", None, DEFAULT_JOB_PATH, "PATH of a job that sets none."],
     ["tmpfs-size", None, show_size(DEFAULT_TMPFS_SIZE),
      "Size of each of a job's private /tmp, /var/tmp, /run, /dev/shm."],
+    ["job-uid-range", None, str(UidRange()),
+     "Uids (and gids) of jobs whose role names no run_as, one each; the"
+     " default is in what systemd's UIDS-GIDS.md leaves unused: above its"
+     " dynamic users, the usual /etc/subuid blocks and its container range."],
     # The HTTP layer's, defaulting to its settings' (jobworker.http.settings).
     ["max-body", None, show_size(HTTP.max_body), "Largest request body."],
     ["idle-timeout", None, HTTP.idle_timeout,
@@ -179,6 +190,8 @@ STARTUP_ERRORS = (
     UnisolatedAsRoot,
     SeccompUnavailable,
     UnknownUser,
+    InvalidUidRange,
+    UnsafeUidDirectory,
     UnsafeDataDirectory,
     HelperMissing,
     UnsafeHelper,
@@ -261,12 +274,15 @@ def build_service(options: Options) -> IService:
             default_limits=default_limits(options),
             tmpfs_size=options["tmpfs-size"],
             masked_paths=masked_paths(options, data_dir),
+            job_uids=job_uid_range(options),
         ),
     )
     # Jobs change users where the server is root, isolated or not: look the
     # users up now (an unknown one is a configuration error), not per job.
     if os.geteuid() == 0:
-        manager.prepare_users({role.run_as for role in policy.roles.values()})
+        manager.prepare_users(
+            {role.run_as for role in policy.roles.values() if role.run_as}
+        )
     if unisolated_root:
         log.warn(
             "--no-isolation as root: jobs share the host's PID namespace, /tmp,"
@@ -321,33 +337,22 @@ class GracefulTermination(Service):
         self._reactor.callFromThread(self._reactor.stop)
 
 
-# Directories a host shares with every program: never masked whole, even
-# if the server's key is kept in one (its file is masked instead).
-SHARED_DIRECTORIES = frozenset(
-    ["/", "/etc", "/etc/ssl", "/etc/ssl/certs", "/etc/pki", "/usr", "/usr/local",
-     "/usr/share", "/var", "/var/lib", "/home", "/opt", "/srv", "/mnt", "/media"]
-)  # fmt: skip
-
-
-def masked_paths(options: Options, data_dir: Path) -> tuple[str, ...]:
-    """
-    What isolated jobs must not see: the TLS and policy files and the data
-    directory (a job's output is the server's to write, never the job's), by
-    their real paths, as the launch helper takes them. The directory holding
-    the server's key is the server's own, and masked whole: a file's mask
-    goes when the file is replaced by a rename (as a certificate renewal
-    does), a directory's mask stays, over whatever is renamed into it.
-    """
-    files = [options[name] for name in ("cert", "key", "ca", "policy")]
-    paths = [os.path.realpath(f) for f in files if f is not None]
-    masks: list[str] = []
-    if options["key"] is not None:
-        key_directory = os.path.dirname(os.path.realpath(options["key"]))
-        if key_directory not in SHARED_DIRECTORIES:
-            masks.append(key_directory)
-            paths = [p for p in paths if os.path.dirname(p) != key_directory]
-    masks += [*paths, os.path.realpath(data_dir)]
-    return tuple(dict.fromkeys(masks))
+def job_uid_range(options: Options) -> UidRange:
+    """``--job-uid-range``; a warning for the host's ids in it, then skipped."""
+    try:
+        uids = UidRange.parse(options["job-uid-range"])
+    except InvalidUidRange as e:
+        raise InvalidUidRange(f"--job-uid-range {e}") from None
+    taken = sorted(i for i in host_ids() if i in uids)
+    if taken:
+        log.warn(
+            "--job-uid-range {uids}: /etc/passwd or /etc/group name {count} of"
+            " its ids ({some}); jobs never get those",
+            uids=uids,
+            count=len(taken),
+            some=", ".join(map(str, taken[:5])),
+        )
+    return uids
 
 
 def load_policy(path: str | None) -> Policy:

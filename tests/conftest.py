@@ -10,6 +10,7 @@ a CI run can never pass without having run them.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -52,3 +53,16 @@ collect_ignore = (
     if os.environ.get("JOBWORKER_CGROUP_V2_VM") == "1"
     else ["integration/test_vm_cgroup_v2.py"]
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def uid_locks_left_as_found() -> Iterator[None]:
+    """Servers the tests start as root reserve jobs' uids in the host's lock
+    directory (jobworker.linux.uids): remove it after, if they made it."""
+    from jobworker.linux.uids import UID_LOCKS
+
+    top = UID_LOCKS.parent
+    existed = top.exists()
+    yield
+    if not existed and top.exists():
+        shutil.rmtree(top, ignore_errors=True)

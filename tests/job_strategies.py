@@ -6,6 +6,7 @@ beyond the edges of SQLite's integers.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from hypothesis import strategies as st
@@ -83,4 +84,8 @@ jobs = st.builds(
     usage=optional(usages),
     pid=optional(st.integers(1, 2**22)),
     pid_start_time=optional(COUNT),
+    uid=optional(st.integers(0, 2**32 - 2)),
+    gid=optional(st.integers(0, 2**32 - 2)),
 )
+# Records as versions before 2 of the schema held them: no uid or gid.
+jobs_without_ids = jobs.map(lambda job: dataclasses.replace(job, uid=None, gid=None))

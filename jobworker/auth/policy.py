@@ -52,7 +52,9 @@ class Role:
 
     name: str
     grants: Mapping[Action, Scope] = field(default_factory=dict)
-    run_as: str = "nobody"
+    # The user its jobs run as; None: no fixed user (a uid of each job's own,
+    # where the server can give one: see jobworker.jobs.launching).
+    run_as: str | None = None
     # The largest limits its jobs may ask for; None: no ceiling.
     ceilings: Limits = field(default_factory=Limits)
     allow_host_network: bool = False

@@ -85,16 +85,13 @@ def _parse_role(name: str, value: object, path: str) -> Role:
         raise _Invalid(path, "a role name is letters, digits, _ and - only")
     table = _table(value, path)
     _only(table, path, {"grants", "run_as", "allow_host_network", "ceilings"})
-    run_as = _string(table.get("run_as", "nobody"), f"{path}.run_as")
-    if not UNIX_USER.match(run_as):
-        raise _Invalid(f"{path}.run_as", f"{run_as!r} is not a Unix user name")
     allow_host_network = table.get("allow_host_network", False)
     if not isinstance(allow_host_network, bool):
         raise _Invalid(f"{path}.allow_host_network", "must be true or false")
     return Role(
         name=name,
         grants=_parse_grants(table.get("grants", {}), f"{path}.grants"),
-        run_as=run_as,
+        run_as=_parse_run_as(table.get("run_as"), f"{path}.run_as"),
         ceilings=_parse_ceilings(table.get("ceilings", {}), f"{path}.ceilings"),
         allow_host_network=allow_host_network,
     )
@@ -175,6 +172,16 @@ def _table(value: object, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Invalid(path, "must be a table")
     return value
+
+
+def _parse_run_as(value: object, path: str) -> str | None:
+    """A Unix user name; left out (None), no fixed user."""
+    if value is None:
+        return None
+    name = _string(value, path)
+    if not UNIX_USER.match(name):
+        raise _Invalid(path, f"{name!r} is not a Unix user name")
+    return name
 
 
 def _string(value: object, path: str) -> str:

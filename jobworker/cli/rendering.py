@@ -56,7 +56,7 @@ def describe(job: JobRecord) -> list[tuple[str, str]]:
         ("created", when(job.created_at)),
         ("started", when(job.started_at)),
         ("ended", when(job.ended_at)),
-        ("run as", job.run_as or "-"),
+        ("run as", run_as(job)),
         ("output", f"stdout {size(job.stdout_bytes)}, stderr {size(job.stderr_bytes)}"),
     ]
     if job.usage is not None:
@@ -73,6 +73,14 @@ def describe(job: JobRecord) -> list[tuple[str, str]]:
     if job.error:
         lines.append(("error", job.error))
     return lines
+
+
+def run_as(job: JobRecord) -> str:
+    """``nobody (uid 65534, gid 65534)``; the ids alone for a job's own."""
+    ids = None if job.uid is None else f"uid {job.uid}, gid {job.gid}"
+    if job.run_as and ids:
+        return f"{job.run_as} ({ids})"
+    return job.run_as or ids or "-"
 
 
 def outcome(job: JobRecord) -> str:

@@ -49,6 +49,8 @@ class JobRecord:
     started_at: str | None
     ended_at: str | None
     run_as: str | None
+    uid: int | None
+    gid: int | None
     usage: UsageReport | None
     stdout_bytes: int
     stderr_bytes: int
@@ -83,6 +85,8 @@ class JobRecord:
                 started_at=data.get("started_at"),
                 ended_at=data.get("ended_at"),
                 run_as=data.get("run_as"),
+                uid=_optional_int(data.get("uid")),
+                gid=_optional_int(data.get("gid")),
                 usage=None if usage is None else UsageReport(**usage),
                 stdout_bytes=int(sizes.get(Stream.STDOUT.value, 0)),
                 stderr_bytes=int(sizes.get(Stream.STDERR.value, 0)),

@@ -16,6 +16,7 @@ from jobworker.jobs.confinement import LimitsUnavailable
 from jobworker.jobs.errors import (
     JobConflict,
     JobNotFound,
+    OutOfUids,
     ShuttingDown,
     StorageFull,
     TooManyJobs,
@@ -70,4 +71,7 @@ def as_http_error(error: Exception) -> HTTPError | None:
     if isinstance(error, StorageFull):
         retry = {b"Retry-After": b"60"}
         return HTTPError(503, ErrorCode.STORAGE_FULL, str(error), retry)
+    if isinstance(error, OutOfUids):  # a running job's end frees one
+        retry = {b"Retry-After": b"1"}
+        return HTTPError(503, ErrorCode.OUT_OF_RESOURCES, str(error), retry)
     return None

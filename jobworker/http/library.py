@@ -48,7 +48,7 @@ class JobService(Protocol):
     ) -> Job:
         """Start ``spec``; a limit it leaves out gets the default within
         ``ceiling``. ``TooManyJobs``, ``ShuttingDown``, ``StorageFull``,
-        ``LimitsUnavailable`` when it cannot start now."""
+        ``LimitsUnavailable``, ``OutOfUids`` when it cannot start now."""
 
     def get(self, job_id: str) -> Job:
         """The record; ``JobNotFound`` if there is none."""

@@ -44,6 +44,10 @@ class StorageFull(JobError):
     """The data directory's disk has no room for a new job."""
 
 
+class OutOfUids(JobError):
+    """No uid of the server's range is free for a job of its own."""
+
+
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from jobworker.jobs.datadir import NOFOLLOW, PRIVATE_FILE, private_directory
+from jobworker.jobs.errors import StorageFull
 from jobworker.wire import OutputChunk, Stream
 
 WRITTEN_STREAMS = (Stream.STDOUT, Stream.STDERR)
@@ -89,8 +91,22 @@ class OutputLog:
 
     @classmethod
     def create(cls, directory: Path, reactor: IReactorTime) -> OutputLog:
-        """A new, growing log for a job about to run."""
-        return cls(directory, reactor, writable=True)
+        """
+        A new, growing log for a job about to run; ``StorageFull`` if the
+        disk has no room for it, and then nothing of it is left.
+        """
+        try:
+            return cls(directory, reactor, writable=True)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(directory, ignore_errors=True)
+            raise StorageFull(f"no room for a new job's output: {e}") from e
+
+    def remove(self) -> None:
+        """Close the log and delete it: the job it was for never was."""
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     @classmethod
     def open_ended(cls, directory: Path, reactor: IReactorTime) -> OutputLog:

@@ -87,6 +87,10 @@ class Job:
     # time (to tell it from a later process that reuses the number).
     pid: int | None = None
     pid_start_time: int | None = None
+    # The ids its command runs as: its run_as user's, one of its own (run_as
+    # None on an isolating root server), or the server's.
+    uid: int | None = None
+    gid: int | None = None
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes``; a change of status must be allowed."""
@@ -118,6 +122,8 @@ class Job:
             "limits": self.spec.limits.to_json(),
             "isolation": self.spec.isolation.to_json(),
             "run_as": self.run_as,
+            "uid": self.uid,
+            "gid": self.gid,
             "usage": None if self.usage is None else self.usage.to_json(),
             "output_bytes": output_bytes or {"stdout": 0, "stderr": 0},
         }

@@ -43,6 +43,8 @@ COLUMNS = (
     "usage_io_read_bytes",
     "usage_io_write_bytes",
     "spec",
+    "uid",
+    "gid",
 )
 # What a save may change once the row exists: everything but its key.
 UPDATED = tuple(name for name in COLUMNS if name != "id")
@@ -70,6 +72,8 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "usage_io_read_bytes": None if usage is None else usage.io_read_bytes,
         "usage_io_write_bytes": None if usage is None else usage.io_write_bytes,
         "spec": json.dumps(spec_to_document(job.spec), separators=(",", ":")),
+        "uid": job.uid,
+        "gid": job.gid,
     }
 
 
@@ -91,6 +95,8 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         usage=_usage_from_row(row),
         pid=row["pid"],
         pid_start_time=row["pid_start_time"],
+        uid=row["uid"],
+        gid=row["gid"],
     )
 
 

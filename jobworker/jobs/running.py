@@ -37,6 +37,7 @@ from jobworker.linux.launcher import (
     describe_os_error,
 )
 from jobworker.linux.proc import process_start_time
+from jobworker.linux.uids import UidReservation
 from jobworker.wire import JobStatus, Stream
 
 
@@ -138,6 +139,7 @@ class RunningJob:
         confinement: Confined | None = None,
         space: DiskSpace | None = None,
         make_killer: Callable[[int], Killer] | None = None,
+        uid: UidReservation | None = None,
     ) -> None:
         self.record = record
         self.output = output
@@ -151,6 +153,10 @@ class RunningJob:
             # Reach the job's processes through its cgroup, not their PIDs.
             make_killer = lambda pid: confinement  # noqa: E731
         self._make_killer = make_killer or ProcessGroupKiller
+        # A uid of the job's own: the server holds it until the helper does,
+        # then the helper until the job's last process is gone; released at
+        # the end, whatever it was.
+        self._uid = uid
         self.phase = Phase.SPAWNING
         self._launch_error: str | None = None
         self._ending = Ending()
@@ -190,9 +196,13 @@ class RunningJob:
             if e.errno in OUT_OF_DESCRIPTORS:
                 if self._confinement is not None:
                     self._confinement.finish()  # removes the unused cgroup
+                if self._uid is not None:
+                    self._uid.release()
                 raise OutOfDescriptors(e.errno, e.strerror) from e
             command = self.record.spec.command
             self.fail_to_start(describe_os_error("spawn", command, e.errno or 0))
+        if self._uid is not None:
+            self._uid.close()  # the helper's copy holds the lock from here on
 
     def spawned(self, transport: IProcessTransport) -> None:
         """
@@ -332,6 +342,8 @@ class RunningJob:
         ending: dict[str, Any] = {}
         if self._confinement is not None:
             ending["usage"], ending["oom_killed"] = self._confinement.finish()
+        if self._uid is not None:
+            self._uid.release()  # the helper, which held it too, has exited
         if self._launch_error is not None:
             ending.update(status=JobStatus.FAILED_TO_START, error=self._launch_error)
         else:

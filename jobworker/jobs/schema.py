@@ -13,6 +13,8 @@ older server must not write records it cannot read whole.
 Version 0 is an empty file, or a database of the first release: one
 ``record`` column holding the API's JSON of each job. Migration 1 splits
 those records into columns of the store's own (``jobworker.jobs.rows``).
+Migration 2 adds the ids a job runs as (``uid``, ``gid``): NULL for the
+jobs before, whose records never said.
 
 To add migration N+1, say a column:
 
@@ -176,6 +178,10 @@ def _float(value: float | None) -> float | None:
 
 MIGRATIONS: tuple[Migration, ...] = (
     _records_in_columns,  # 1
+    sql(
+        "ALTER TABLE jobs ADD COLUMN uid INTEGER",
+        "ALTER TABLE jobs ADD COLUMN gid INTEGER",
+    ),  # 2
 )
 VERSION = len(MIGRATIONS)
 

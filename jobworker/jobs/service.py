@@ -9,7 +9,6 @@ running job with its grace period and wakes every reader.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Iterable
@@ -53,6 +52,7 @@ from jobworker.linux.launcher import (
     Launcher,
 )
 from jobworker.linux.seccomp import job_syscall_filter
+from jobworker.linux.uids import UID_LOCKS, UidPool, UidRange
 from jobworker.wire import JobStatus, OutputChunk, Stream
 
 MiB = 1 << 20
@@ -109,6 +109,10 @@ class Settings:
     tmpfs_size: int = DEFAULT_TMPFS_SIZE
     tmpfs_inodes: int = DEFAULT_TMPFS_INODES
     masked_paths: tuple[str, ...] = ()
+    # Where an isolating root server's jobs whose role names no user get a
+    # uid of their own (jobworker.linux.uids), and the host-wide locks.
+    job_uids: UidRange = field(default_factory=UidRange)
+    uid_locks: Path = UID_LOCKS
 
 
 class JobManager(Service):
@@ -136,6 +140,7 @@ class JobManager(Service):
             self.settings.masked_paths,
             self.settings.tmpfs_size,
             self.settings.tmpfs_inodes,
+            UidPool(self.settings.job_uids, self.settings.uid_locks),
         )
         self.confinement = Confinement.none(self._clock, "not open yet")
         self._live: dict[str, RunningJob] = {}
@@ -217,9 +222,8 @@ class JobManager(Service):
         ceiling: Limits | None = None,
     ) -> Job:
         """
-        Start ``spec`` for ``owner``, as the user ``run_as`` (``None``: as
-        this process's user, as is every job of a server that is neither
-        isolating jobs nor root). A limit ``spec`` leaves out gets the
+        Start ``spec`` for ``owner``, as the user ``run_as`` (``None``: see
+        ``LaunchPlanner.user``). A limit ``spec`` leaves out gets the
         server's default, within ``ceiling`` (the caller's, who has held the
         limits ``spec`` sets to it). Returns the record once the command runs
         (``running``) or could not be run (``failed_to_start``); raises
@@ -228,22 +232,27 @@ class JobManager(Service):
         spec = checked_spec(spec)
         defaults = self.settings.default_limits
         spec = replace(spec, limits=spec.limits.or_defaults(defaults, ceiling))
-        if not self.settings.isolate and os.geteuid() != 0:
-            run_as = None  # only root can change users: jobs run as we do
         assert self._admission is not None and self._space is not None
         self._admission.check(spec, len(self._live))
+        user = self._planner.user(run_as)  # a uid of its own may be refused too
         record = Job(
             id=new_job_id(),
             owner=owner,
             spec=spec,
             status=JobStatus.RUNNING,
             created_at=utc_now(),
-            run_as=run_as,
+            run_as=user.run_as,
+            uid=user.uid,
+            gid=user.gid,
         )
-        output = self._create_output(record.id)
-        self.records.create(record, undo=lambda: self._remove_output(record.id, output))
         try:
-            plan = self._planner.plan(record, self.confinement)
+            output = OutputLog.create(self._job_dir(record.id), self._clock)
+            self.records.create(record, undo=output.remove)
+        except BaseException:
+            user.release()
+            raise
+        try:
+            plan = self._planner.plan(record, user, self.confinement)
         except OutOfDescriptors:
             self._abandon(record.id, output)
             raise
@@ -256,6 +265,7 @@ class JobManager(Service):
             plan.request,
             plan.confinement,
             self._space,
+            uid=user.reservation,
         )
         self._live[record.id] = job
         job.ended.when_fired().addBoth(self._forget, record.id)
@@ -270,19 +280,6 @@ class JobManager(Service):
                 raise
         return await job.started.when_fired()
 
-    def _create_output(self, job_id: str) -> OutputLog:
-        try:
-            return OutputLog.create(self._job_dir(job_id), self._clock)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
-            raise StorageFull(f"no room for a new job's output: {e}") from e
-
-    def _remove_output(self, job_id: str, output: OutputLog) -> None:
-        output.close()
-        shutil.rmtree(self._job_dir(job_id), ignore_errors=True)
-
     def _abandon(self, job_id: str, output: OutputLog) -> None:
         """
         Undo a start that found no descriptors for the job's cgroup or pipes:
@@ -290,7 +287,7 @@ class JobManager(Service):
         caller is told to try again), as if refused before its record.
         """
         self._live.pop(job_id, None)
-        self._remove_output(job_id, output)
+        output.remove()
         self.records.delete(job_id)
 
     def prepare_users(self, names: Iterable[str]) -> None:

@@ -30,6 +30,14 @@
  *                        repeatable
  *   --writable PATH      with --isolate: PATH stays writable, a real path;
  *                        repeatable
+ *   --passwd-entry NAME:HOME:SHELL
+ *                        with --isolate and --uid: the job's view has a user
+ *                        NAME of --uid and a group NAME of --gid, with HOME
+ *                        and SHELL (see "View", 5), for a uid of the job's own
+ *   --hold-fd N          with --isolate: init keeps fd N open until it exits,
+ *                        which is once every process of the job is gone
+ *                        (see "Init"); the command never has it. The server
+ *                        passes a uid's lock this way.
  *   --uid N --gid N      run the command as this user and group (both or
  *                        neither), with no capabilities and no way to gain
  *                        any (PR_SET_NO_NEW_PRIVS)
@@ -58,13 +66,18 @@
  *      under it);
  *   4. each --writable path bound over itself, writable again (that mount
  *      alone: mounts under it stay read-only);
- *   5. fresh /proc (/proc/sys read-only) and read-only /sys, as before;
- *   6. private tmpfs on /tmp and /var/tmp (1777), /run (0755) and /run/lock
+ *   5. with --passwd-entry, /etc/passwd and /etc/group covered by read-only
+ *      copies: the host's entries (but one of the same NAME), then the
+ *      job's. Written into a small tmpfs over the host's /dev, made read-only
+ *      and bound over each file (one the host lacks is skipped), which 8
+ *      then covers: the job reaches it only through the two files;
+ *   6. fresh /proc (/proc/sys read-only) and read-only /sys, as before;
+ *   7. private tmpfs on /tmp and /var/tmp (1777), /run (0755) and /run/lock
  *      (1777), nosuid and nodev, each of --tmpfs-size and --tmpfs-inodes;
  *      a mount point the host lacks is skipped;
- *   7. a new /dev: a tmpfs with null, zero, full, random, urandom and tty
+ *   8. a new /dev: a tmpfs with null, zero, full, random, urandom and tty
  *      (made with mknod), a devpts of its own at /dev/pts, /dev/ptmx, the
- *      fd, stdin, stdout and stderr links, and /dev/shm (a tmpfs as in 6);
+ *      fd, stdin, stdout and stderr links, and /dev/shm (a tmpfs as in 7);
  *      then /dev read-only but for pts and shm.
  * Every tmpfs page a job writes is charged to its memory cgroup; every
  * mount goes with the namespace, when the job's last process ends.
@@ -103,7 +116,7 @@
  * Status protocol on fd N, one line per event:
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
  *       stage: close cgroup setsid oom pidns unshare mount mask readonly
- *              writable tmpfs dev hostname lo go pipe fork rlimit
+ *              writable passwd tmpfs dev hostname lo go pipe fork rlimit
  *              setgroups setgid setuid prctl chdir seccomp exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
@@ -117,7 +130,10 @@
  * reparented to it. So the command does not run as PID 1 (a job could not
  * kill itself, and zombies would pile up) but as its child: init forwards
  * every catchable signal to the command, reaps every child, and exits when
- * the command does; the kernel then kills what is left of the namespace.
+ * the command does, once it has killed and reaped what is left of the
+ * namespace: when init is gone, so is every process of the job (the kernel
+ * would kill them too, but only after init's descriptors are closed, and
+ * --hold-fd's must outlast them).
  * Init stays root: a job running as another user can neither signal, trace
  * nor read it, so it cannot forge its own status lines.
  */
@@ -209,6 +225,10 @@ struct resolution {
 #define NPROC_LIMIT 4096
 /* The most the go-ahead may hold: above what the kernel lets execve take. */
 #define MAX_GO_AHEAD (8 << 20)
+/* The most the host's /etc/passwd or /etc/group may hold ("View", 5); the
+ * size of the tmpfs their copies are written to, which is charged to the
+ * job's memory cgroup. */
+#define MAX_ENTRIES (4 << 20)
 /* Where a bare FILE is looked up if the job's environment has no PATH: the
  * server's default for jobs (DEFAULT_JOB_PATH in launcher.py), which the
  * server sends itself; this is for other callers. */
@@ -232,6 +252,9 @@ struct options {
     int nmasks;
     const char *writable[MAX_PATHS];
     int nwritable;
+    /* --passwd-entry's parts; user_name NULL: none */
+    char *user_name, *user_home, *user_shell;
+    int hold_fd; /* -1: none */
     char **command; /* FILE ARGV0 [ARG...] */
     char **env;     /* the job's, from the go-ahead */
     /* What was given, to refuse combinations that make no sense. */
@@ -270,7 +293,8 @@ static void usage(void)
             "usage: jobworker-exec [--status-fd N] [--cgroup-procs PATH]...\n"
             "         [--isolate [--network none|host] [--hostname NAME]\n"
             "           [--tmpfs-size BYTES] [--tmpfs-inodes N]\n"
-            "           [--mask PATH]... [--writable PATH]...]\n"
+            "           [--mask PATH]... [--writable PATH]...\n"
+            "           [--passwd-entry NAME:HOME:SHELL] [--hold-fd N]]\n"
             "         [--uid N --gid N [--groups G,...]] [--cwd DIR]\n"
             "         [--seccomp-fd N]\n"
             "         -- FILE ARGV0 [ARG...]\n");
@@ -340,6 +364,28 @@ static void read_seccomp_filter(struct options *o, int fd)
     o->seccomp.filter = program;
 }
 
+/* NAME:HOME:SHELL, each part fit for a passwd line: a name with no slash,
+ * absolute paths, nothing that would end a field or a line. */
+static void parse_passwd_entry(struct options *o, const char *text)
+{
+    if (o->user_name != NULL || strlen(text) > 1024 || strchr(text, '\n'))
+        usage();
+    char *copy = strdup(text);
+    if (copy == NULL)
+        usage();
+    char *home = strchr(copy, ':');
+    char *shell = home ? strchr(home + 1, ':') : NULL;
+    if (shell == NULL || strchr(shell + 1, ':') != NULL)
+        usage();
+    *home++ = '\0';
+    *shell++ = '\0';
+    if (copy[0] == '\0' || strchr(copy, '/') || home[0] != '/' || shell[0] != '/')
+        usage();
+    o->user_name = copy;
+    o->user_home = home;
+    o->user_shell = shell;
+}
+
 static const char *value(int argc, char **argv, int *i)
 {
     if (*i + 1 >= argc)
@@ -388,6 +434,12 @@ static void parse_option(struct options *o, int argc, char **argv, int *i)
     } else if (strcmp(name, "--writable") == 0) {
         add_path(o->writable, &o->nwritable, value(argc, argv, i));
         o->given_namespace_option = 1;
+    } else if (strcmp(name, "--passwd-entry") == 0) {
+        parse_passwd_entry(o, value(argc, argv, i));
+        o->given_namespace_option = 1;
+    } else if (strcmp(name, "--hold-fd") == 0) {
+        o->hold_fd = (int)parse_number(value(argc, argv, i), 1 << 20);
+        o->given_namespace_option = 1;
     } else if (strcmp(name, "--uid") == 0) {
         o->uid = (uid_t)parse_number(value(argc, argv, i), (uid_t)-2);
         o->given_uid = 1;
@@ -411,13 +463,15 @@ static void parse_options(struct options *o, int argc, char **argv)
     o->hostname = "jobworker";
     o->tmpfs_size = DEFAULT_TMPFS_SIZE;
     o->tmpfs_inodes = DEFAULT_TMPFS_INODES;
+    o->hold_fd = -1;
     for (; i < argc && strcmp(argv[i], "--") != 0; i++)
         parse_option(o, argc, argv, &i);
     /* Half a user, or namespace options without namespaces, is a mistake
      * of the caller's: refuse it rather than guess. */
     if (o->given_uid != o->given_gid || (o->given_groups && !o->given_uid) ||
         (o->given_namespace_option && !o->isolate) || o->tmpfs_size == 0 ||
-        o->tmpfs_inodes == 0)
+        o->tmpfs_inodes == 0 || (o->user_name != NULL && !o->given_uid) ||
+        (o->hold_fd >= 0 && (o->hold_fd < 3 || o->hold_fd == status_fd)))
         usage();
     if (argc - i < 3) /* "--", FILE, ARGV0 */
         usage();
@@ -426,30 +480,37 @@ static void parse_options(struct options *o, int argc, char **argv)
 
 /* Setup, in the helper */
 
-/* All of stdin, up to its end of file. (A failure exits: nothing to free.) */
-static char *read_stdin(size_t *size)
+/* All of fd, up to its end of file, at most max bytes; a failure exits,
+ * saying stage. There is room for one more byte after the *size read. */
+static char *read_all(int fd, const char *stage, size_t max, size_t *size)
 {
     size_t capacity = 4096;
     char *data = malloc(capacity);
     *size = 0;
     for (;;) {
         if (*size == capacity) {
-            if (capacity >= MAX_GO_AHEAD)
-                fail("go", E2BIG);
+            if (capacity >= max)
+                fail(stage, E2BIG);
             capacity *= 2;
             data = realloc(data, capacity);
         }
         if (data == NULL)
-            fail("go", ENOMEM);
-        ssize_t n = read(0, data + *size, capacity - *size);
+            fail(stage, ENOMEM);
+        ssize_t n = read(fd, data + *size, capacity - *size);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            fail("go", errno);
+            fail(stage, errno);
         if (n == 0)
             return data;
         *size += (size_t)n;
     }
+}
+
+/* All of stdin. (A failure exits: nothing to free.) */
+static char *read_stdin(size_t *size)
+{
+    return read_all(0, "go", MAX_GO_AHEAD, size);
 }
 
 /* Read the go-ahead (see "Go-ahead" above) into o->env, or exit. Its
@@ -588,6 +649,81 @@ static void make_writable(const char *path)
     close(fd);
 }
 
+static void write_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            fail("passwd", errno);
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+/* FILE as the host has it, but the lines of user or group NAME, then
+ * ENTRY, written to COPY. 0: the host has no FILE, nothing to cover. */
+static int stage_entries(const char *file, const char *copy, const char *name,
+                         const char *entry)
+{
+    int in = open(file, O_RDONLY | O_CLOEXEC);
+    if (in < 0 && errno == ENOENT)
+        return 0;
+    if (in < 0)
+        fail("passwd", errno);
+    size_t size, kept = 0, name_length = strlen(name);
+    char *host = read_all(in, "passwd", MAX_ENTRIES, &size);
+    close(in);
+    for (size_t at = 0; at < size;) {
+        char *end = memchr(host + at, '\n', size - at);
+        size_t length = end ? (size_t)(end - host) + 1 - at : size - at;
+        if (!(length > name_length && host[at + name_length] == ':' &&
+              memcmp(host + at, name, name_length) == 0)) {
+            memmove(host + kept, host + at, length);
+            kept += length;
+        }
+        at += length;
+    }
+    if (kept > 0 && host[kept - 1] != '\n')
+        host[kept++] = '\n'; /* read_all leaves room for it */
+    int out = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (out < 0)
+        fail("passwd", errno);
+    write_all(out, host, kept);
+    write_all(out, entry, strlen(entry));
+    if (close(out) < 0)
+        fail("passwd", errno);
+    free(host);
+    return 1;
+}
+
+static void add_job_user(const struct options *o)
+{
+    /* Over the host's /dev, which the job's own (mount_own_dev) covers
+     * next: like that one, no detach to wait for, and nothing covered can
+     * be reached but through the binds. */
+    char data[64], line[2200];
+    snprintf(data, sizeof data, "mode=0755,size=%d,nr_inodes=8", 2 * MAX_ENTRIES);
+    mount_or_fail("passwd", "tmpfs", "/dev", "tmpfs",
+                  MS_NOSUID | MS_NODEV | MS_NOEXEC, data);
+    const char *name = o->user_name;
+    snprintf(line, sizeof line, "%s:x:%u:%u:%s:%s:%s\n", name,
+             (unsigned int)o->uid, (unsigned int)o->gid, name, o->user_home,
+             o->user_shell);
+    int passwd = stage_entries("/etc/passwd", "/dev/passwd", name, line);
+    snprintf(line, sizeof line, "%s:x:%u:\n", name, (unsigned int)o->gid);
+    int group = stage_entries("/etc/group", "/dev/group", name, line);
+    /* The superblock and its mount read-only: the binds copy the mount's
+     * flags, and no path to the files can write them. */
+    mount_or_fail("passwd", NULL, "/dev", NULL,
+                  MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    if (passwd)
+        mount_or_fail("passwd", "/dev/passwd", "/etc/passwd", NULL, MS_BIND, NULL);
+    if (group)
+        mount_or_fail("passwd", "/dev/group", "/etc/group", NULL, MS_BIND, NULL);
+}
+
 static void replace_mount(const char *type, const char *target, int detach)
 {
     /* A fresh one over the host's: the job's PID namespace has a proc of
@@ -695,7 +831,7 @@ static void build_view(const struct options *o)
     for (int k = 0; k < o->nmasks; k++)
         mask(o->masks[k]);
     /* nosuid changes nothing the command's no_new_privs does not already;
-     * nodev: no device works but those of the job's own /dev (7). */
+     * nodev: no device works but those of the job's own /dev (8). */
     if (set_mount_attributes(AT_FDCWD, "/", AT_RECURSIVE,
                              MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID |
                                  MOUNT_ATTR_NODEV,
@@ -704,6 +840,8 @@ static void build_view(const struct options *o)
     /* Looked up before the private mounts below cover the host's paths. */
     for (int k = 0; k < o->nwritable; k++)
         make_writable(o->writable[k]);
+    if (o->user_name != NULL)
+        add_job_user(o);
     mount_own_views(o);
     mount_private_tmpfs(o);
     mount_own_dev(o);
@@ -905,9 +1043,20 @@ static void confirm_exec(int fd)
     report("running\n");
 }
 
+/* Kill and reap every other process of the namespace: once init is gone,
+ * none is left (see "Init"). Those reparented to init while this runs are
+ * its children too; ECHILD means there are none. */
+static void end_the_job(void)
+{
+    kill(-1, SIGKILL);
+    while (waitpid(-1, NULL, 0) > 0 || errno == EINTR)
+        ;
+}
+
 static void finish(int status)
 {
     char line[32];
+    end_the_job();
     if (WIFSIGNALED(status)) {
         snprintf(line, sizeof line, "signal %d\n", WTERMSIG(status));
         report(line);
@@ -973,16 +1122,34 @@ static void run_as_init(const struct options *o)
     supervise(command, &watched);
 }
 
-/* Close every descriptor but stdin, stdout, stderr and the status fd. The
- * server leaves this to us rather than list its own open descriptors at
- * every spawn (thousands of them, with many jobs running). */
-static void close_inherited(void)
+/* Close the descriptors from `from` up to just before `to`. */
+static int close_between(int from, int to)
 {
-    int ok = 1;
-    if (status_fd > 3)
-        ok = syscall(SYS_close_range, 3U, (unsigned int)status_fd - 1, 0U) == 0;
-    unsigned int rest = status_fd < 3 ? 3U : (unsigned int)status_fd + 1;
-    if (ok && syscall(SYS_close_range, rest, ~0U, 0U) == 0)
+    if (from >= to)
+        return 1;
+    return syscall(SYS_close_range, (unsigned int)from, (unsigned int)to - 1,
+                   0U) == 0;
+}
+
+/* Close every descriptor but stdin, stdout, stderr, the status fd and the
+ * held one. The server leaves this to us rather than list its own open
+ * descriptors at every spawn (thousands of them, with many jobs running). */
+static void close_inherited(const struct options *o)
+{
+    /* The gaps around the kept descriptors above stderr, in order. */
+    int kept[2] = {status_fd, o->hold_fd};
+    if (kept[0] > kept[1]) {
+        kept[0] = o->hold_fd;
+        kept[1] = status_fd;
+    }
+    int ok = 1, from = 3;
+    for (int k = 0; k < 2 && ok; k++) {
+        if (kept[k] < 3)
+            continue;
+        ok = close_between(from, kept[k]);
+        from = kept[k] + 1;
+    }
+    if (ok && syscall(SYS_close_range, (unsigned int)from, ~0U, 0U) == 0)
         return;
     /* A kernel without close_range (before 5.9): walk /proc/self/fd. */
     DIR *fds = opendir("/proc/self/fd");
@@ -991,7 +1158,7 @@ static void close_inherited(void)
     struct dirent *entry;
     while ((entry = readdir(fds)) != NULL) {
         int fd = atoi(entry->d_name);
-        if (fd > 2 && fd != status_fd && fd != dirfd(fds))
+        if (fd > 2 && fd != status_fd && fd != o->hold_fd && fd != dirfd(fds))
             close(fd);
     }
     closedir(fds);
@@ -1004,7 +1171,9 @@ int main(int argc, char **argv)
     parse_options(&o, argc, argv);
     if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) < 0)
         usage();
-    close_inherited();
+    if (o.hold_fd >= 0 && fcntl(o.hold_fd, F_SETFD, FD_CLOEXEC) < 0)
+        usage();
+    close_inherited(&o);
 
     join_cgroups(&o);
 

@@ -27,6 +27,8 @@ paths writable.
 An isolated job's system calls are filtered (``jobworker.linux.seccomp``):
 the launcher is given the server's compiled filter, whose memfd each helper
 inherits as child fd 4; the command's process loads it just before its exec.
+A job with a uid of its own (``jobworker.linux.uids``) has its lock's
+descriptor as child fd 5, which its init holds until it exits.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ import contextlib
 import errno
 import fcntl
 import os
-import pwd
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from twisted.internet import process
 from twisted.internet.interfaces import (
@@ -53,10 +54,17 @@ from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from jobworker.linux.build import helper_path
 from jobworker.linux.pidns import new_pid_namespace
 from jobworker.linux.seccomp import SyscallFilter
+from jobworker.linux.users import PasswdEntry
+from jobworker.linux.users import UnknownUser as UnknownUser  # their old home
+from jobworker.linux.users import User as User
+from jobworker.linux.users import resolve_user as resolve_user
 
 STATUS_FD = 3
 # Where the helper finds the system call filter (its --seccomp-fd).
 SECCOMP_FD = 4
+# What an isolated job's init holds until it exits (its --hold-fd): the lock
+# of a uid of the job's own (jobworker.linux.uids).
+HOLD_FD = 5
 # The helper's --network options for an isolated job: "none" is a network
 # namespace of its own with only loopback, "host" keeps the host's network.
 NETWORK_MODES = ("none", "host")
@@ -108,6 +116,11 @@ class LaunchRequest:
     uid: int | None = None
     gid: int | None = None
     groups: tuple[int, ...] = ()
+    # With isolate and a uid: the name the job's view gives it, in its
+    # /etc/passwd and /etc/group; and a descriptor its init keeps open for
+    # as long as it lives (a uid's lock), never the command's.
+    passwd_entry: PasswdEntry | None = None
+    hold_fd: int | None = None
     # An isolated job's view of the filesystem: each private tmpfs's size in
     # bytes and inodes; real paths (no symlink on the way) it must not see,
     # a directory shown empty and a file unreadable (one that does not
@@ -131,6 +144,10 @@ class LaunchRequest:
             raise ValueError("uid and gid go together")
         if self.groups and self.uid is None:
             raise ValueError("groups need a uid and gid")
+        if self.passwd_entry is not None and (self.uid is None or not self.isolate):
+            raise ValueError("a passwd entry needs a uid and isolation")
+        if self.hold_fd is not None and not self.isolate:
+            raise ValueError("only an isolated job's init can hold a descriptor")
         _check_view(self)
         entries = []
         for name, value in self.env.items():
@@ -199,6 +216,10 @@ class HelperLauncher:
                     argv += ["--mask", path]
             for path in request.writable:
                 argv += ["--writable", path]
+            if request.passwd_entry is not None:
+                argv += ["--passwd-entry", request.passwd_entry.option()]
+            if request.hold_fd is not None:
+                argv += ["--hold-fd", str(HOLD_FD)]
         if request.uid is not None and request.gid is not None:
             argv += ["--uid", str(request.uid), "--gid", str(request.gid)]
             argv += ["--groups", ",".join(str(g) for g in request.groups)]
@@ -224,6 +245,8 @@ class HelperLauncher:
         syscall_filter = self._filter_for(request)
         if syscall_filter is not None:
             child_fds[SECCOMP_FD] = syscall_filter.fd
+        if request.hold_fd is not None:
+            child_fds[HOLD_FD] = request.hold_fd
         with birthplace:
             # What the reactor's spawnProcess does on POSIX, with our Process.
             transport: IProcessTransport = JobProcess(
@@ -333,33 +356,6 @@ class JobProcess(process.Process):
             super().processEnded(status)
 
 
-class User(NamedTuple):
-    """Who a job runs as, in the ids the helper takes."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
-class UnknownUser(LookupError):
-    """The user a job should run as does not exist on this host."""
-
-
-def resolve_user(name: str) -> User:
-    """
-    The ids of user ``name``: its uid, primary gid and every group it is a
-    member of. Looked up here, in the server, never in the job's process
-    (which runs no NSS code between fork and exec); the lookup may block on
-    a directory service, so do it once, at start-up, not per job.
-    """
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise UnknownUser(f"no such user: {name!r}") from None
-    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
-    return User(entry.pw_uid, entry.pw_gid, tuple(dict.fromkeys(groups)))
-
-
 # What the helper's stages of an isolated job's setup concern, for messages;
 # another stage is about the command.
 STAGE_SUBJECTS = {
@@ -367,6 +363,7 @@ STAGE_SUBJECTS = {
     "readonly": "/",
     "tmpfs": "/tmp /var/tmp /run /run/lock",
     "dev": "/dev",
+    "passwd": "/etc/passwd /etc/group",
     "rlimit": "RLIMIT_NOFILE RLIMIT_CORE RLIMIT_NPROC",
 }
 

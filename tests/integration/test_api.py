@@ -31,6 +31,7 @@ from jobworker.http.settings import ApiSettings
 from jobworker.http.site import Api
 from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import Limits
+from jobworker.linux.uids import UidRange
 from jobworker.pki import write_dev_pki
 from jobworker.tls import client_tls_policy, server_tls_options
 from jobworker.wire import Stream
@@ -69,7 +70,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[JobManager]:
     manager = JobManager(
-        reactor, tmp_path / "data", Settings(max_running_jobs=3, default_grace=2)
+        reactor,
+        tmp_path / "data",
+        Settings(max_running_jobs=3, default_grace=2, uid_locks=tmp_path / "uids"),
     )
     manager.open()
     yield manager
@@ -132,7 +135,9 @@ async def test_start_read_and_output(server: Server) -> None:
         f"/v1/jobs/{job['id']}".encode()
     ]
     assert (job["owner"], job["status"]) == ("alice", "running")
-    assert job["run_as"] == "nobody"
+    # The example's roles name no user: each job a uid of its own.
+    assert job["run_as"] is None
+    assert job["uid"] in UidRange() and job["gid"] == job["uid"]
     await server.manager.wait(job["id"])
     code, record, _ = await call(server, "alice", "GET", f"/v1/jobs/{job['id']}")
     assert (code, record["status"], record["exit_code"]) == (200, "exited", 0)

@@ -62,7 +62,8 @@ class Hostile:
     async def start(self, command: str, *args: str, **fields: Any) -> Job:
         fields.setdefault("env", {})[TAG] = self.tag
         spec = parse_job_spec({"command": command, "args": list(args), **fields})
-        run_as = "nobody" if self.isolate else None
+        # Plain: as the server's user (root names it; another is itself).
+        run_as = "nobody" if self.isolate else "root"
         job = await self.manager.start(spec, "mallory", run_as=run_as)
         if job.pid is not None:
             self.spawned.append(job.pid)

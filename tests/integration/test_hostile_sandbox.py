@@ -32,7 +32,8 @@ from jobworker.jobs.service import JobManager
 from jobworker.jobs.spec import parse_job_spec
 from jobworker.linux.libseccomp import Libseccomp
 from jobworker.linux.seccomp import REFUSED
-from jobworker.tap import Options, masked_paths
+from jobworker.masks import masked_paths
+from jobworker.tap import Options
 from jobworker.wire import JobStatus, Stream
 from tests.conftest import skip_or_fail
 from tests.host_dirs import visible_base

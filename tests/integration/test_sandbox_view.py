@@ -35,7 +35,8 @@ from jobworker.jobs.service import JobManager, Settings
 from jobworker.jobs.spec import parse_job_spec
 from jobworker.linux.build import build
 from jobworker.linux.launcher import HelperLauncher, LaunchRequest
-from jobworker.tap import Options, masked_paths
+from jobworker.masks import masked_paths
+from jobworker.tap import Options
 from jobworker.wire import JobStatus, Stream
 from tests.conftest import skip_or_fail
 from tests.host_dirs import visible_tempdir
@@ -162,7 +163,7 @@ async def started(manager: JobManager, script: str) -> Job:
         ("/var/tmp", "nobody"),
         ("/dev/shm", "nobody"),
         ("/run/lock", "nobody"),
-        ("/run", None),  # root's: a job running as root
+        ("/run", "root"),  # root's: a job running as root
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -189,7 +190,7 @@ async def test_nobody_cannot_write_the_jobs_own_run(manager: JobManager) -> None
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("run_as", ["nobody", None])
+@pytest.mark.parametrize("run_as", ["nobody", "root"])
 @pytest.mark.parametrize(
     "where", ["/", "/etc", "/usr/local/bin", "/var/lib", "world-writable"]
 )
@@ -538,7 +539,7 @@ async def test_plain_default_cwd_is_the_root(make_manager: Any) -> None:
     """Unisolated (development), a job starts in /, not the server's own
     working directory."""
     m = make_manager(isolate=False, allow_unisolated_root=True, cgroups=False)
-    ended, out, _ = await run(m, "/bin/pwd", run_as=None)
+    ended, out, _ = await run(m, "/bin/pwd", run_as="root")
     assert (ended.exit_code, out) == (0, "/\n")
 
 

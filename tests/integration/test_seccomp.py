@@ -191,7 +191,7 @@ def spec(command: str, *args: str) -> JobSpec:
 async def run(
     manager: JobManager, job_spec: JobSpec, run_as: str | None = "nobody"
 ) -> tuple[Job, str, str]:
-    """Run a job to its end (as root for ``run_as=None``): record, out, err."""
+    """Run a job to its end (as ``run_as``, "root" too): record, out, err."""
     job = await manager.start(job_spec, "alice", run_as=run_as)
     ended = await manager.wait(job.id)
     out = await manager.read_output(job.id, Stream.STDOUT)
@@ -200,7 +200,7 @@ async def run(
 
 
 async def attempts(
-    manager: JobManager, calls: dict[str, Any], run_as: str | None = None
+    manager: JobManager, calls: dict[str, Any], run_as: str | None = "root"
 ) -> dict[str, str]:
     ended, out, err = await run(
         manager, spec(PYTHON, "-c", ATTEMPTS, json.dumps(calls)), run_as
@@ -279,7 +279,7 @@ async def test_without_the_filter_the_attempts_get_further(
 @pytest_twisted.ensureDeferred
 async def test_unshare_fails(manager: JobManager, command: tuple[str, ...]) -> None:
     """No new user (or any other) namespace, even as root in the job."""
-    for run_as in (None, "nobody"):
+    for run_as in ("root", "nobody"):
         ended, _, err = await run(manager, spec(*command), run_as)
         assert ended.exit_code == 1
         assert "unshare failed: Operation not permitted" in err
@@ -296,7 +296,7 @@ async def test_mount_fails_even_as_root(manager: JobManager) -> None:
             "-c",
             "mount -t tmpfs none /mnt; grep -c ' /mnt ' /proc/self/mounts",
         ),
-        run_as=None,
+        run_as="root",
     )
     assert "permission denied" in err.lower()
     assert ended.exit_code == 1  # grep found no /mnt mount

@@ -54,7 +54,7 @@ def test_example_policy_has_the_three_roles(policy: Policy) -> None:
     assert operator == Role(
         name="operator",
         grants={action: Scope.OWN for action in Action},
-        run_as="nobody",
+        run_as=None,  # each job a uid of its own
         ceilings=Limits(
             cpu=2.0,
             memory=2 * G,
@@ -68,7 +68,7 @@ def test_example_policy_has_the_three_roles(policy: Policy) -> None:
     assert policy.roles["auditor"] == Role("auditor", {Action.READ: Scope.ALL})
     admin = policy.roles["admin"]
     assert admin.grants == {action: Scope.ALL for action in Action}
-    assert (admin.run_as, admin.allow_host_network) == ("nobody", True)
+    assert (admin.run_as, admin.allow_host_network) == (None, True)
     assert admin.ceilings.memory == 16 * G
 
 
@@ -170,12 +170,13 @@ def test_empty_policy_file_denies_everyone() -> None:
 
 
 def test_role_defaults() -> None:
-    """A role with only grants runs jobs as nobody, without host network."""
+    """A role with only grants names no user its jobs run as (each gets a
+    uid of its own), and gives them no host network."""
     policy = Policy.from_toml_text('[roles.r]\ngrants = { read = "own" }\n')
     assert policy.roles["r"] == Role(
         name="r",
         grants={Action.READ: Scope.OWN},
-        run_as="nobody",
+        run_as=None,
         ceilings=Limits(),
         allow_host_network=False,
     )

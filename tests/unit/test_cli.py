@@ -551,6 +551,23 @@ def test_status_describes_each_job() -> None:
     assert "error:    output limit reached" in second
 
 
+def test_status_shows_the_ids_a_job_runs_as() -> None:
+    """A named user with its ids; a uid of the job's own by its ids alone;
+    a record from before ids (or an old server's) as it was."""
+    client = FakeClient()
+    client.records["a"] = job(id="a", uid=65534, gid=65534)
+    client.records["b"] = job(id="b", run_as=None, uid=1879048193, gid=1879048193)
+    client.records["c"] = job(id="c", run_as=None)
+    run = cli(["status", "a", "b", "c"], client)
+    assert run.code == Exit.OK
+    lines = [line for line in run.out.decode().splitlines() if "run as" in line]
+    assert lines == [
+        "run as:   nobody (uid 65534, gid 65534)",
+        "run as:   uid 1879048193, gid 1879048193",
+        "run as:   -",
+    ]
+
+
 def test_status_json_is_one_record_per_line() -> None:
     """status --json prints each record on its own line."""
     client = FakeClient()

@@ -17,7 +17,7 @@ from jobworker.jobs.admission import Admission
 from jobworker.jobs.confinement import Confinement, LimitsUnavailable
 from jobworker.jobs.diskspace import DiskSpace
 from jobworker.jobs.errors import ShuttingDown, StorageFull, TooManyJobs
-from jobworker.jobs.launching import LaunchPlanner
+from jobworker.jobs.launching import JobUser, LaunchPlanner
 from jobworker.jobs.output import OutputLog
 from jobworker.jobs.record import Job
 from jobworker.jobs.records import Records
@@ -163,7 +163,7 @@ def test_launch_plan_carries_the_orders_of_the_record() -> None:
     the job's PATH unless it sets one, its cwd, its network."""
     planner = LaunchPlanner(job_path="/bin", isolate=True)
     job = record(spec=JobSpec(command="ls", args=("-l",), env={"A": "1"}, cwd="/srv"))
-    plan = planner.plan(job, Confinement.none(Clock(), "off"))
+    plan = planner.plan(job, JobUser(None, None), Confinement.none(Clock(), "off"))
     assert (plan.confinement, plan.error) == (None, None)
     request = plan.request
     assert (request.executable, request.argv) == ("ls", ("ls", "-l"))

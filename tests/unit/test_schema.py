@@ -26,7 +26,7 @@ from jobworker.jobs.schema import SchemaTooNew
 from jobworker.jobs.spec import IOLimits, Isolation, JobSpec, Limits
 from jobworker.jobs.store import JobStore
 from jobworker.wire import JobStatus
-from tests.job_strategies import jobs
+from tests.job_strategies import jobs_without_ids
 
 # The first release's SCHEMA, verbatim.
 V0_SCHEMA = """
@@ -201,7 +201,7 @@ def user_version(path: Path) -> int:
 
 
 def test_migrations_are_numbered_by_position() -> None:
-    assert schema.VERSION == len(schema.MIGRATIONS) == 1
+    assert schema.VERSION == len(schema.MIGRATIONS) == 2
 
 
 def test_the_copied_encoding_is_the_first_releases() -> None:
@@ -218,7 +218,7 @@ def test_migration_1_reads_the_first_releases_rows(tmp_path: Path) -> None:
     assert store.get("a" * 32) == V0_JOBS[0]
     assert [j.id for j in store.list(owner="bob")] == ["b" * 32]
     store.close()
-    assert user_version(path) == 1
+    assert user_version(path) == schema.VERSION
 
 
 def test_migration_1_keeps_the_order_of_creation(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_migration_1_keeps_the_order_of_creation(tmp_path: Path) -> None:
     store.close()
 
 
-@given(st.lists(jobs, max_size=4, unique_by=lambda j: j.id))
+@given(st.lists(jobs_without_ids, max_size=4, unique_by=lambda j: j.id))
 @settings(max_examples=60, deadline=None)
 def test_migration_1_reads_back_any_first_release_record(records: list[Job]) -> None:
     """Whatever the first release stored reads back as the same records."""
@@ -273,6 +273,64 @@ def test_migration_1_gives_absent_keys_the_first_releases_defaults(
         usage=Usage(cpu_seconds=1.0),
     )
     assert isinstance(back.spec.timeout, float)
+
+
+# A version 1 row, as version 1 wrote it (``job_to_row`` of its day): the
+# first release's first job, as migration 1 left it.
+V1_ROW = {
+    "id": "a" * 32,
+    "owner": "alice",
+    "status": "exited",
+    "created_at": "2026-11-22T10:00:00.123Z",
+    "run_as": "nobody",
+    "started_at": "2026-11-22T10:00:00.125Z",
+    "ended_at": "2026-11-22T10:00:01.000Z",
+    "exit_code": 0,
+    "signal": None,
+    "oom_killed": 0,
+    "error": None,
+    "pid": 1234,
+    "pid_start_time": 5678,
+    "usage_cpu_seconds": 0.012,
+    "usage_memory_peak": 4096,
+    "usage_io_read_bytes": 0,
+    "usage_io_write_bytes": 8192,
+    "spec": '{"command":"/bin/echo","args":["hi","there"],"env":{"TOKEN":"s3cret"},'
+    '"cwd":"/tmp","timeout":2.5,"cpu":0.5,"memory":268435456,"pids":64,'
+    '"read_bps":1048576,"write_bps":null,"read_iops":null,"write_iops":100,'
+    '"network":"host"}',
+}
+
+
+def write_v1(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """A database at version 1, holding ``rows`` in its columns."""
+    db = sqlite3.connect(path, isolation_level=None)
+    schema.upgrade(db, 1)
+    for row in rows:
+        names = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+        db.execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", row)
+    db.close()
+
+
+def test_migration_2_keeps_the_rows_of_version_1(tmp_path: Path) -> None:
+    """A version 1 database gains uid and gid: its rows read back as they
+    were, with no ids (those records never said), in their order."""
+    path = tmp_path / "db"
+    second = {**V1_ROW, "id": "b" * 32, "owner": "bob", "run_as": None}
+    write_v1(path, [V1_ROW, second])
+    assert user_version(path) == 1
+    store = JobStore(path)
+    first = V0_JOBS[0]
+    assert store.list() == [first, first.evolve(id="b" * 32, owner="bob", run_as=None)]
+    assert (first.uid, first.gid) == (None, None)
+    store.save(first.evolve(uid=1879048192, gid=1879048192))
+    store.close()
+    assert user_version(path) == 2
+    again = JobStore(path)
+    assert (again.get("a" * 32) or first).uid == 1879048192
+    assert [j.id for j in again.list()] == ["a" * 32, "b" * 32]
+    again.close()
 
 
 def test_migration_1_makes_an_empty_file_a_new_database(tmp_path: Path) -> None:
@@ -331,7 +389,7 @@ def test_a_failed_migration_leaves_the_database_as_it_was(
     monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
     db = sqlite3.connect(path, isolation_level=None)
     with pytest.raises(sqlite3.OperationalError):
-        schema.upgrade(db, 2)
+        schema.upgrade(db, len(schema.MIGRATIONS))
     assert db.execute("PRAGMA user_version").fetchone() == (0,)
     assert [r[0] for r in db.execute("SELECT record FROM jobs")] == V0_ROWS
     db.close()
