@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from jobworker.jobs.confinement import Confinement, JobConfinement
 from jobworker.jobs.errors import OUT_OF_DESCRIPTORS, OutOfDescriptors
 from jobworker.jobs.record import Job
+from jobworker.jobs.sandbox import JobSandbox
 from jobworker.linux.cgroups import CgroupError
 from jobworker.linux.launcher import (
     DEFAULT_TMPFS_INODES,
@@ -63,12 +64,19 @@ class LaunchPlanner:
             self._users[name] = resolve_user(name)
         return self._users[name]
 
-    def plan(self, record: Job, confinement: Confinement) -> LaunchPlan:
+    def plan(
+        self,
+        record: Job,
+        confinement: Confinement,
+        sandbox: JobSandbox | None = None,
+    ) -> LaunchPlan:
         """
-        The job's cgroup (made here) and the helper's orders. Raises
+        The job's cgroup (made here) and the helper's orders, with its
+        ``sandbox`` where it differs from the server's usual one. Raises
         ``OutOfDescriptors`` when the cgroup's files cannot be opened for
         lack of descriptors: the server is busy, not the job wrong.
         """
+        sandbox = sandbox or JobSandbox()
         # The user first: a lookup that fails then leaves no cgroup behind.
         user = None if record.run_as is None else self._user(record.run_as)
         try:
@@ -76,12 +84,17 @@ class LaunchPlanner:
         except CgroupError as e:
             if e.errno in OUT_OF_DESCRIPTORS:
                 raise OutOfDescriptors(e.errno, str(e)) from e
-            return LaunchPlan(self._request(record, user, ()), error=f"cgroup: {e}")
+            request = self._request(record, user, (), sandbox)
+            return LaunchPlan(request, error=f"cgroup: {e}")
         procs = () if cgroup is None else cgroup.procs_paths()
-        return LaunchPlan(self._request(record, user, procs), cgroup)
+        return LaunchPlan(self._request(record, user, procs, sandbox), cgroup)
 
     def _request(
-        self, record: Job, user: User | None, cgroup_procs: tuple[str, ...]
+        self,
+        record: Job,
+        user: User | None,
+        cgroup_procs: tuple[str, ...],
+        sandbox: JobSandbox,
     ) -> LaunchRequest:
         spec = record.spec
         return LaunchRequest(
@@ -95,7 +108,9 @@ class LaunchPlanner:
             uid=None if user is None else user.uid,
             gid=None if user is None else user.gid,
             groups=() if user is None else user.groups,
-            tmpfs_size=self._tmpfs[0],
+            seccomp=sandbox.seccomp,
+            tmpfs_size=sandbox.tmpfs_size or self._tmpfs[0],
             tmpfs_inodes=self._tmpfs[1],
             masks=self._masks,
+            writable=sandbox.writable,
         )
