@@ -368,6 +368,7 @@ STAGE_SUBJECTS = {
     "tmpfs": "/tmp /var/tmp /run /run/lock",
     "dev": "/dev",
     "rlimit": "RLIMIT_NOFILE RLIMIT_CORE RLIMIT_NPROC",
+    "caps": "capabilities",
 }
 
 
