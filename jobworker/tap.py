@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from jobworker.auth import Policy, PolicyError
+from jobworker.auth.host_check import check_on_host
 from jobworker.http.settings import ApiSettings
 from jobworker.http.site import Api
 from jobworker.jobs.datadir import UnsafeDataDirectory, prepare_data_directory
@@ -65,7 +66,8 @@ PARAMETERS = [
     ["grace", None, 10.0, "Seconds from SIGTERM to SIGKILL on stop.", float],
     ["job-path", None, DEFAULT_JOB_PATH, "PATH of a job that sets none."],
     ["tmpfs-size", None, show_size(DEFAULT_TMPFS_SIZE),
-     "Size of each of a job's private /tmp, /var/tmp, /run, /dev/shm."],
+     "Size of each of a job's private /tmp, /var/tmp, /run, /dev/shm"
+     " (a role's tmpfs key overrides it)."],
     ["job-uid-range", None, str(UidRange()),
      "Uids (and gids) of jobs whose role names no run_as, one each; the"
      " default is in what systemd's UIDS-GIDS.md leaves unused: above its"
@@ -261,6 +263,8 @@ def build_service(options: Options) -> IService:
     # Checked here, not only when the manager opens it, so that an unsafe
     # one is a line on stderr rather than a traceback.
     data_dir = prepare_data_directory(Path(options["data-dir"]))
+    masks = masked_paths(options, data_dir)
+    policy = check_on_host(policy, options["policy"] or "<policy>", masks)
     manager = JobManager(
         _reactor(),
         data_dir,
@@ -273,7 +277,7 @@ def build_service(options: Options) -> IService:
             allow_unisolated_root=allow_unisolated_root,
             default_limits=default_limits(options),
             tmpfs_size=options["tmpfs-size"],
-            masked_paths=masked_paths(options, data_dir),
+            masked_paths=masks,
             job_uids=job_uid_range(options),
         ),
     )

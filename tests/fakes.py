@@ -34,6 +34,7 @@ from jobworker.http.site import Api
 from jobworker.jobs.errors import JobConflict, JobNotFound
 from jobworker.jobs.output import OffsetOutOfRange, OutputSpan
 from jobworker.jobs.record import Job
+from jobworker.jobs.sandbox import JobSandbox
 from jobworker.jobs.spec import JobSpec, Limits
 from jobworker.wire import JobStatus, OutputChunk, Stream
 
@@ -143,6 +144,7 @@ class Started:
     owner: str
     run_as: str | None
     ceiling: Limits | None
+    sandbox: JobSandbox | None = None
 
 
 @dataclass
@@ -207,9 +209,10 @@ class FakeJobService:
         owner: str,
         run_as: str | None = None,
         ceiling: Limits | None = None,
+        sandbox: JobSandbox | None = None,
     ) -> Job:
         self._called("start")
-        self.started.append(Started(spec, owner, run_as, ceiling))
+        self.started.append(Started(spec, owner, run_as, ceiling, sandbox))
         job = self.add(owner, command=spec.command)
         job = job.evolve(spec=spec, run_as=run_as)
         self.jobs[job.id] = job

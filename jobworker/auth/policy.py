@@ -4,8 +4,9 @@ Who may do what.
 A client's identity is the subject CN of its verified certificate. The policy
 maps identities to roles; a role grants actions over a scope (a caller's own
 jobs, or all jobs), names the Unix user its jobs run as, caps the limits a job
-may ask for (its ceilings, ``Limits`` as a job's are), and says whether host
-networking is allowed.
+may ask for (its ceilings, ``Limits`` as a job's are), says whether host
+networking is allowed, and how its jobs' sandbox differs from the server's
+usual one (``JobSandbox``).
 
 Visibility: a caller can see a job (its record, in lists and by id) when its
 role grants any action over that job's owner. Someone who may stop or purge
@@ -24,6 +25,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from jobworker.jobs.sandbox import JobSandbox
 from jobworker.jobs.spec import JobSpec, Limits, show_size
 
 
@@ -58,6 +60,10 @@ class Role:
     # The largest limits its jobs may ask for; None: no ceiling.
     ceilings: Limits = field(default_factory=Limits)
     allow_host_network: bool = False
+    # Its jobs' sandbox (writable paths, system call filter, tmpfs size),
+    # and whether run_as may be root: even then, with no capabilities.
+    sandbox: JobSandbox = field(default_factory=JobSandbox)
+    allow_root: bool = False
 
     def covers(self, action: Action, identity: Identity, owner: str | None) -> bool:
         """Does this role grant ``action`` over ``owner``'s jobs?"""

@@ -17,6 +17,12 @@ import tomllib
 from typing import Any
 
 from jobworker.auth.policy import Action, Policy, Role, Scope
+from jobworker.auth.sandbox_keys import (
+    SANDBOX_KEYS,
+    KeyProblem,
+    parse_allow_root,
+    parse_sandbox,
+)
 from jobworker.jobs.spec import InvalidSpec, IOLimits, Limits, parse_size
 
 ROLE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -51,7 +57,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: {e}") from None
     try:
         return _parse_policy(document)
-    except _Invalid as e:
+    except (_Invalid, KeyProblem) as e:
         raise PolicyError(f"{source}: {e.path}: {e.problem}") from None
 
 
@@ -84,7 +90,11 @@ def _parse_role(name: str, value: object, path: str) -> Role:
     if not ROLE_NAME.match(name):
         raise _Invalid(path, "a role name is letters, digits, _ and - only")
     table = _table(value, path)
-    _only(table, path, {"grants", "run_as", "allow_host_network", "ceilings"})
+    _only(
+        table,
+        path,
+        {"grants", "run_as", "allow_host_network", "ceilings", *SANDBOX_KEYS},
+    )
     allow_host_network = table.get("allow_host_network", False)
     if not isinstance(allow_host_network, bool):
         raise _Invalid(f"{path}.allow_host_network", "must be true or false")
@@ -94,6 +104,8 @@ def _parse_role(name: str, value: object, path: str) -> Role:
         run_as=_parse_run_as(table.get("run_as"), f"{path}.run_as"),
         ceilings=_parse_ceilings(table.get("ceilings", {}), f"{path}.ceilings"),
         allow_host_network=allow_host_network,
+        sandbox=parse_sandbox(table, path),
+        allow_root=parse_allow_root(table, path),
     )
 
 

@@ -56,7 +56,11 @@ class JobsEndpoint(Endpoint):
         check_job_request(role, spec)
         try:
             job = await self.api.jobs.start(
-                spec, identity.name, run_as=role.run_as, ceiling=role.ceilings
+                spec,
+                identity.name,
+                run_as=role.run_as,
+                ceiling=role.ceilings,
+                sandbox=role.sandbox,
             )
         except OSError as e:
             # No descriptors to spare (a job needs pipes and files): the

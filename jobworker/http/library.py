@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 
 from jobworker.jobs.output import OutputSpan
 from jobworker.jobs.record import Job
+from jobworker.jobs.sandbox import JobSandbox
 from jobworker.jobs.spec import JobSpec, Limits
 from jobworker.wire import JobStatus, OutputChunk, Stream
 
@@ -45,9 +46,11 @@ class JobService(Protocol):
         owner: str,
         run_as: str | None = None,
         ceiling: Limits | None = None,
+        sandbox: JobSandbox | None = None,
     ) -> Job:
         """Start ``spec``; a limit it leaves out gets the default within
-        ``ceiling``. ``TooManyJobs``, ``ShuttingDown``, ``StorageFull``,
+        ``ceiling``; in ``sandbox`` (None: the server's usual one).
+        ``TooManyJobs``, ``ShuttingDown``, ``StorageFull``,
         ``LimitsUnavailable``, ``OutOfUids`` when it cannot start now."""
 
     def get(self, job_id: str) -> Job:

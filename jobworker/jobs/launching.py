@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from jobworker.jobs.confinement import Confinement, JobConfinement
 from jobworker.jobs.errors import OUT_OF_DESCRIPTORS, OutOfDescriptors, OutOfUids
 from jobworker.jobs.record import Job
+from jobworker.jobs.sandbox import JobSandbox
 from jobworker.linux.cgroups import CgroupError
 from jobworker.linux.launcher import (
     DEFAULT_TMPFS_INODES,
@@ -121,25 +122,38 @@ class LaunchPlanner:
             raise OutOfUids(str(e)) from None
         return JobUser(None, User(reservation.uid, reservation.gid, ()), reservation)
 
-    def plan(self, record: Job, user: JobUser, confinement: Confinement) -> LaunchPlan:
+    def plan(
+        self,
+        record: Job,
+        user: JobUser,
+        confinement: Confinement,
+        sandbox: JobSandbox | None = None,
+    ) -> LaunchPlan:
         """
-        The job's cgroup (made here) and the helper's orders. Raises
+        The job's cgroup (made here) and the helper's orders, with its
+        ``sandbox`` where it differs from the server's usual one. Raises
         ``OutOfDescriptors`` when the cgroup's files cannot be opened for
         lack of descriptors: the server is busy, not the job wrong (and the
         job's uid, if its own, is released).
         """
+        sandbox = sandbox or JobSandbox()
         try:
             cgroup = confinement.create(record.id, record.spec.limits)
         except CgroupError as e:
             if e.errno in OUT_OF_DESCRIPTORS:
                 user.release()
                 raise OutOfDescriptors(e.errno, str(e)) from e
-            return LaunchPlan(self._request(record, user, ()), error=f"cgroup: {e}")
+            request = self._request(record, user, (), sandbox)
+            return LaunchPlan(request, error=f"cgroup: {e}")
         procs = () if cgroup is None else cgroup.procs_paths()
-        return LaunchPlan(self._request(record, user, procs), cgroup)
+        return LaunchPlan(self._request(record, user, procs, sandbox), cgroup)
 
     def _request(
-        self, record: Job, user: JobUser, cgroup_procs: tuple[str, ...]
+        self,
+        record: Job,
+        user: JobUser,
+        cgroup_procs: tuple[str, ...],
+        sandbox: JobSandbox,
     ) -> LaunchRequest:
         spec = record.spec
         ids, own = user.ids, user.reservation
@@ -156,7 +170,9 @@ class LaunchPlanner:
             groups=() if ids is None else ids.groups,
             passwd_entry=None if own is None else PasswdEntry(),
             hold_fd=None if own is None else own.fd,
-            tmpfs_size=self._tmpfs[0],
+            seccomp=sandbox.seccomp,
+            tmpfs_size=sandbox.tmpfs_size or self._tmpfs[0],
             tmpfs_inodes=self._tmpfs[1],
             masks=self._masks,
+            writable=sandbox.writable,
         )

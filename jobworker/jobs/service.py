@@ -42,6 +42,7 @@ from jobworker.jobs.record import Job, new_job_id, utc_now
 from jobworker.jobs.records import Records
 from jobworker.jobs.recovery import recover_lost
 from jobworker.jobs.running import JobBounds, RunningJob
+from jobworker.jobs.sandbox import JobSandbox
 from jobworker.jobs.spec import JobSpec, Limits, checked_spec
 from jobworker.jobs.store import JobStore
 from jobworker.linux.launcher import (
@@ -220,12 +221,14 @@ class JobManager(Service):
         owner: str,
         run_as: str | None = None,
         ceiling: Limits | None = None,
+        sandbox: JobSandbox | None = None,
     ) -> Job:
         """
         Start ``spec`` for ``owner``, as the user ``run_as`` (``None``: see
         ``LaunchPlanner.user``). A limit ``spec`` leaves out gets the
         server's default, within ``ceiling`` (the caller's, who has held the
-        limits ``spec`` sets to it). Returns the record once the command runs
+        limits ``spec`` sets to it), in ``sandbox`` (the caller's; None: the
+        server's usual one). Returns the record once the command runs
         (``running``) or could not be run (``failed_to_start``); raises
         ``InvalidSpec`` for a malformed spec, and nothing is started then.
         """
@@ -252,7 +255,7 @@ class JobManager(Service):
             user.release()
             raise
         try:
-            plan = self._planner.plan(record, user, self.confinement)
+            plan = self._planner.plan(record, user, self.confinement, sandbox)
         except OutOfDescriptors:
             self._abandon(record.id, output)
             raise

@@ -39,8 +39,9 @@
  *                        (see "Init"); the command never has it. The server
  *                        passes a uid's lock this way.
  *   --uid N --gid N      run the command as this user and group (both or
- *                        neither), with no capabilities and no way to gain
- *                        any (PR_SET_NO_NEW_PRIVS)
+ *                        neither); whatever the user, even uid 0, and with
+ *                        or without these, the command has no capabilities
+ *                        and no way to gain any (see "Capabilities")
  *   --groups G[,G...]    with --uid: the supplementary groups (default none;
  *                        root's are always dropped)
  *   --cwd DIR            the command's working directory, entered after
@@ -53,7 +54,14 @@
  *                        very last step before execve
  *
  * Without --isolate, --uid and --cgroup-procs the helper does what it always
- * did: setsid, chdir, exec.
+ * did: setsid, chdir, exec; but the command has no capabilities.
+ *
+ * Capabilities. The command's process, however it runs and as whom, gives
+ * up every capability before its chdir: bounding, permitted, effective,
+ * inheritable and ambient sets empty, securebits locked so that uid 0
+ * gains none back (SECBIT_NOROOT), and PR_SET_NO_NEW_PRIVS. A job whose
+ * role runs it as root is uid 0 with no more power than the files owned by
+ * uid 0 give it (the reasons are by the code: lock_out_capabilities).
  *
  * View. An isolated job sees the host's files read-only, its own scratch
  * space, and nothing of the server's. In its mount namespace, in this order
@@ -117,7 +125,7 @@
  *   "error <stage> <errno>\n"  setup or exec failed; the command never ran.
  *       stage: close cgroup setsid oom pidns unshare mount mask readonly
  *              writable passwd tmpfs dev hostname lo go pipe fork rlimit
- *              setgroups setgid setuid prctl chdir seccomp exec
+ *              caps setgroups setgid setuid prctl chdir seccomp exec
  *   Without --isolate a successful exec closes fd N (close-on-exec) silently.
  *   With --isolate the helper stays, so it says what it cannot show:
  *   "running\n"                the command was exec'd
@@ -143,8 +151,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/securebits.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
@@ -884,15 +894,70 @@ static void isolate(const struct options *o)
 
 /* The command's process, up to its exec */
 
+/* Capabilities. Every job's command has none, root's too (a role's run_as
+ * "root" is uid 0, not root's powers): no bounding, permitted, effective,
+ * inheritable or ambient capability, and no way back. Uid 0 without them
+ * still owns what root owns: it may write root's files where the job may
+ * write at all (its private tmpfs, its role's writable paths), not others'
+ * files, nor mount, chown, trace init (whose capabilities it lacks) or go
+ * past a permission bit. The kernel exempts uid 0 from RLIMIT_NPROC: such
+ * a job's bound on processes is its cgroup's pids limit alone.
+ *
+ * Before the uid changes, while the helper may (CAP_SETPCAP; a helper
+ * that is not root has nothing to lock), the securebits, each locked:
+ *   NOROOT on: uid 0 gets no capabilities from an exec (the empty
+ *     bounding set below says the same; this does not rest on it);
+ *   NO_SETUID_FIXUP off: the kernel's clearing of capabilities when a
+ *     uid leaves 0 stays, and no one can turn it off (as root would, to
+ *     keep them over a setuid);
+ *   KEEP_CAPS off: likewise, nothing is kept over a setuid;
+ *   NO_CAP_AMBIENT_RAISE on: no ambient capability, ever.
+ * Then every capability out of the bounding set, up to the kernel's last
+ * (the first one it does not know is EINVAL). */
+static void lock_out_capabilities(void)
+{
+    unsigned long bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED |
+                         SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
+                         SECBIT_NO_CAP_AMBIENT_RAISE |
+                         SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    if (prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) < 0)
+        fail("caps", errno);
+    for (unsigned long cap = 0; cap < 64; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0)
+            continue;
+        if (errno == EINVAL && cap > 0)
+            break;
+        fail("caps", errno);
+    }
+}
+
+/* After the uid changes: what is left goes, the inheritable set with it
+ * (no setuid clears that one), and with uid 0 everything (for uid 0,
+ * setuid(0) clears nothing). */
+static void clear_capabilities(void)
+{
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3];
+    memset(none, 0, sizeof none);
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 ||
+        syscall(SYS_capset, &header, none) < 0)
+        fail("caps", errno);
+}
+
 static void drop_privileges(const struct options *o)
 {
-    /* Groups first: once the uid is not 0, they can no longer change. */
-    if (setgroups(o->ngroups, o->groups) < 0)
-        fail("setgroups", errno);
-    if (setgid(o->gid) < 0)
-        fail("setgid", errno);
-    if (setuid(o->uid) < 0) /* as root: real, effective and saved; caps go */
-        fail("setuid", errno);
+    if (geteuid() == 0)
+        lock_out_capabilities();
+    if (o->given_uid) {
+        /* Groups first: once the uid is not 0, they can no longer change. */
+        if (setgroups(o->ngroups, o->groups) < 0)
+            fail("setgroups", errno);
+        if (setgid(o->gid) < 0)
+            fail("setgid", errno);
+        if (setuid(o->uid) < 0) /* as root: real, effective and saved */
+            fail("setuid", errno);
+    }
+    clear_capabilities();
     /* No setuid binary or file capability may give anything back. */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         fail("prctl", errno);
@@ -989,8 +1054,7 @@ static void exec_command(const struct options *o)
 {
     if (o->isolate)
         confine_command();
-    if (o->given_uid)
-        drop_privileges(o);
+    drop_privileges(o); /* every job's: see "Capabilities" */
     const char *cwd = o->cwd ? o->cwd : o->isolate ? "/tmp" : "/";
     if (chdir(cwd) < 0)
         fail("chdir", errno);

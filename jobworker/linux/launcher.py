@@ -365,6 +365,7 @@ STAGE_SUBJECTS = {
     "dev": "/dev",
     "passwd": "/etc/passwd /etc/group",
     "rlimit": "RLIMIT_NOFILE RLIMIT_CORE RLIMIT_NPROC",
+    "caps": "capabilities",
 }
 
 

@@ -214,7 +214,8 @@ def test_policy_built_in_code_refuses_an_unknown_role() -> None:
         (
             "[roles.operator]\ncolour = 1\n",
             "roles.operator.colour: unknown key "
-            "(expected allow_host_network, ceilings, grants, run_as)",
+            "(expected allow_host_network, allow_root, ceilings, grants, run_as,"
+            " seccomp, tmpfs, writable)",
         ),
         (
             "[roles.operator]\nrun_as = 0\n",

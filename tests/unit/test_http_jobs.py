@@ -55,6 +55,7 @@ def test_start_runs_as_the_role_within_its_ceilings(served: Served) -> None:
         "alice",
         "worker",
         operator.ceilings,
+        operator.sandbox,
     )
     assert started.spec.limits.pids == 10 and started.spec.limits.memory is None
 
