@@ -123,7 +123,7 @@ print(json.dumps({
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("run_as", ["nobody", None])
+@pytest.mark.parametrize("run_as", ["nobody", "root"])
 @pytest_twisted.ensureDeferred
 async def test_a_sticky_world_writable_host_directory_stays_the_hosts(
     manager: JobManager, sticky_host_dir: Path, run_as: str | None
@@ -242,7 +242,7 @@ def test_every_refused_call_is_tried() -> None:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("run_as", [None, "nobody"], ids=["root", "nobody"])
+@pytest.mark.parametrize("run_as", ["root", "nobody"])
 @pytest_twisted.ensureDeferred
 async def test_the_other_refused_calls_fail_with_eperm(
     manager: JobManager, run_as: str | None
@@ -260,7 +260,11 @@ async def test_the_hostname_stays(manager: JobManager) -> None:
     host's stay."""
     ours = socket.gethostname()
     ended, out, err = await run(
-        manager, "/bin/sh", "-c", "hostname evil || echo refused; hostname", run_as=None
+        manager,
+        "/bin/sh",
+        "-c",
+        "hostname evil || echo refused; hostname",
+        run_as="root",
     )
     assert (ended.exit_code, out) == (0, "refused\njobworker\n"), err
     assert socket.gethostname() == ours
@@ -361,10 +365,6 @@ print(said, socket.gethostname())
 
 
 @pytest.mark.root
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a root job may ptrace its init, which runs unfiltered",
-)
 @pytest_twisted.ensureDeferred
 async def test_a_root_job_cannot_borrow_its_unfiltered_init(
     manager: JobManager,
@@ -372,7 +372,7 @@ async def test_a_root_job_cannot_borrow_its_unfiltered_init(
     """A command running as root traces its init (root, and without the
     filter) and has it make a call the filter refuses: it must not be able
     to attach, and the job's hostname stays."""
-    ended, out, err = await run(manager, PYTHON, "-c", INJECT, run_as=None)
+    ended, out, err = await run(manager, PYTHON, "-c", INJECT, run_as="root")
     assert ended.exit_code == 0, err
     assert out == "EPERM jobworker\n"
 
@@ -383,7 +383,7 @@ KILL_ALL = "print(json.dumps(attempt(os.kill, -1, 9)))"
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("run_as", ["nobody", None])
+@pytest.mark.parametrize("run_as", ["nobody", "root"])
 @pytest_twisted.ensureDeferred
 async def test_kill_all_reaches_only_the_job(
     manager: JobManager, run_as: str | None
@@ -447,21 +447,21 @@ print(json.dumps(attempt(opened, sys.argv[1], int(sys.argv[2]))))
 def kernel_file_case(name: str, run_as: str | None) -> Any:
     path = KERNEL_FILES[name][0]
     marks = []
-    if run_as is None and os.path.exists(path):
+    if name == "sysrq-trigger" and run_as == "root" and os.path.exists(path):
+        # Root's own file, with no capability asked: a root job (allow_root)
+        # may write it. This kernel has none; where it has, a known hole.
         marks.append(
             pytest.mark.xfail(
-                strict=True,
-                reason=f"hole: {path} is open to root in a job (fresh /proc,"
-                " all capabilities)",
+                strict=True, reason=f"hole: {path} is writable by uid 0 in a job"
             )
         )
-    return pytest.param(name, run_as, marks=marks, id=f"{name}-{run_as or 'root'}")
+    return pytest.param(name, run_as, marks=marks, id=f"{name}-{run_as}")
 
 
 @pytest.mark.root
 @pytest.mark.parametrize(
     ("name", "run_as"),
-    [kernel_file_case(n, r) for n in KERNEL_FILES for r in ("nobody", None)],
+    [kernel_file_case(n, r) for n in KERNEL_FILES for r in ("nobody", "root")],
 )
 @pytest_twisted.ensureDeferred
 async def test_the_kernels_own_proc_files_are_closed(
@@ -502,15 +502,15 @@ print(json.dumps({
 
 @pytest.mark.root
 @pytest.mark.parametrize(
-    ("run_as", "expected"), [("nobody", "mknod EPERM"), (None, "open EACCES")]
+    ("run_as", "expected"), [("nobody", "mknod EPERM"), ("root", "mknod EPERM")]
 )
 @pytest_twisted.ensureDeferred
 async def test_device_nodes_cannot_be_made_to_work(
     manager: JobManager, run_as: str | None, expected: str
 ) -> None:
-    """nobody may not make a device node; root in the job may, in its
-    scratch space, but every mount there is nodev: /dev/mem or the host's
-    disk cannot be opened through one."""
+    """No job may make a device node, root in the job neither (it has no
+    CAP_MKNOD); and were one made, every mount there is nodev: /dev/mem or
+    the host's disk could not be opened through it."""
     script = "import stat\n" + MKNOD
     seen = await run_python(manager, script, run_as=run_as)
     assert seen == dict.fromkeys(("null", "mem", "disk"), expected)
@@ -528,8 +528,8 @@ def setuid_id(outside: Path) -> Path:
 
 ROOTS_COPY = """
 cp /usr/bin/id /tmp/id && chmod 4755 /tmp/id
-setpriv --reuid {nobody} --regid {nobody} --clear-groups /tmp/id -u
-setpriv --reuid {nobody} --regid {nobody} --clear-groups "$1" -u
+setpriv --reuid {nobody} --regid {nobody} --clear-groups /tmp/id -u 2>/dev/null \
+    || echo "no setuid: root in a job has no capability"
 """
 
 
@@ -550,9 +550,9 @@ async def test_setuid_files_give_nothing(manager: JobManager, setuid_id: Path) -
     assert (ended.exit_code, out) == (0, f"{NOBODY}\n")
     script = ROOTS_COPY.format(nobody=NOBODY)
     ended, out, err = await run(
-        manager, "/bin/sh", "-c", script, "sh", str(setuid_id), run_as=None
+        manager, "/bin/sh", "-c", script, "sh", str(setuid_id), run_as="root"
     )
-    assert (ended.exit_code, out) == (0, f"{NOBODY}\n{NOBODY}\n"), err
+    assert out == "no setuid: root in a job has no capability\n", err
 
 
 # Terminals, limits
@@ -636,7 +636,7 @@ print(json.dumps([attempt(realtime, os.SCHED_FIFO), attempt(realtime, os.SCHED_R
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("run_as", ["nobody", None])
+@pytest.mark.parametrize("run_as", ["nobody", "root"])
 @pytest_twisted.ensureDeferred
 async def test_no_realtime_priority(manager: JobManager, run_as: str | None) -> None:
     """A realtime process is out of reach of the cpu limit (and would starve
